@@ -1,0 +1,127 @@
+"""Every configuration key vitclip reads, with its default.
+
+Variants (`configs/shapes.py`, `configs/clip_b16.py`, ...) start from `get_config()` here and override a few
+fields. Every field can be overridden on the command line: `--config.loss.kind=sigmoid`.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 256  # Global batch (all hosts, all devices).
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'shapes'  # TFDS name; 'shapes' is generated locally, others come from `vitclip.data.folder`.
+  c.data.data_dir = ''  # '' -> $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  c.data.train_split = 'train'
+  c.data.shuffle_buffer_seed = 0  # Data order seed; independent of the model init seed.
+  c.data.num_workers = 0  # grain worker processes; 0 = in-process (deterministic, enough for small images).
+  c.data.prefetch = 2  # Host batches prepared ahead of the train step.
+  c.data.mean = (0.5, 0.5, 0.5)  # Per-channel normalisation after scaling to [0, 1].
+  c.data.std = (0.5, 0.5, 0.5)
+  c.data.crop_scale = (0.8, 1.0)  # Random-resized-crop area range (train only); (1, 1) disables cropping.
+  c.data.flip = False  # Horizontal flips would contradict "left of"/"right of" captions.
+  # Settings of the generated `shapes` data set (ignored for other data sets).
+  c.data.shapes = ml_collections.ConfigDict()
+  c.data.shapes.image_size = 64
+  c.data.shapes.num_train = 50_000
+  c.data.shapes.num_validation = 2_000
+  c.data.shapes.num_test = 2_000
+  c.data.shapes.seed = 0
+
+  # ----------------------------------------------------------- tokenizer
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ''  # An existing tokenizer.json; '' trains a BPE on the training captions.
+  c.tokenizer.kind = 'bpe'  # 'bpe' (HF tokenizers json) | 'sentencepiece' (a .model file in `path`).
+  c.tokenizer.vocab_size = 1000  # Only for training a new BPE.
+  c.tokenizer.lowercase = True
+  c.tokenizer.train_captions = 20_000  # Captions read to train the BPE.
+
+  # --------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 512
+  c.model.dtype = 'float32'  # Matmul dtype; 'bfloat16' on accelerators. Params stay float32.
+  c.model.remat_policy = 'none'  # 'none' | 'full' | 'dots'
+  c.model.scan = False  # Scan over layers: faster compiles for deep towers.
+  # None = by loss kind (vitclip.config.resolve): softmax t=1/0.07, no bias, t <= 100 (CLIP);
+  # sigmoid t=10, b=-10, t unclamped (SigLIP).
+  c.model.t_init = ml_collections.FieldReference(None, field_type=float)  # Logit scale multiplier t at init.
+  c.model.b_init = ml_collections.FieldReference(None, field_type=float)  # Logit bias b at init.
+  c.model.t_max = ml_collections.FieldReference(None, field_type=float)  # Clamp t after each step; 0: never.
+  c.model.image = ml_collections.ConfigDict()
+  c.model.image.variant = 'B/16'
+  c.model.image.image_size = 224
+  c.model.image.posemb = 'learn'  # 'learn' | 'sincos2d'
+  c.model.image.cls_token = True
+  c.model.image.ln_pre = False  # OpenAI CLIP normalises the embedded tokens before the encoder.
+  c.model.image.pool = 'tok'  # 'tok' | 'gap' | 'map'
+  c.model.image.act = 'gelu'  # 'gelu' | 'gelu_tanh' | 'quick_gelu'
+  c.model.image.ln_eps = 1e-6
+  c.model.image.patch_bias = True
+  c.model.image.head = 'linear'  # 'linear' | 'none' (needs width == embed_dim)
+  c.model.image.head_bias = False
+  c.model.text = ml_collections.ConfigDict()
+  c.model.text.variant = 'B'
+  c.model.text.vocab_size = 1000  # Set from the tokenizer at run time when a tokenizer is trained.
+  c.model.text.max_len = 16
+  c.model.text.causal = True
+  c.model.text.pool = 'eos'  # 'eos' | 'last' | 'first' | 'mean' | 'map'
+  c.model.text.eos_id = 2  # Set from the tokenizer at run time; -1: argmax of ids (OpenAI).
+  c.model.text.pad_id = 0
+  c.model.text.act = 'gelu'
+  c.model.text.ln_eps = 1e-6
+  c.model.text.head = 'linear'
+  c.model.text.head_bias = False
+
+  # ---------------------------------------------------------------- loss
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kind = 'softmax'  # 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP)
+  c.loss.impl = 'dense'  # 'dense' | 'gather' | 'ring'
+  c.loss.softmax_weight = 0.5  # Weight of image->text in the softmax loss; text->image gets 1 - w.
+
+  # ----------------------------------------------------------- optimizer
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 100
+  c.optim.schedule = 'cosine'  # 'cosine' | 'constant' (both after linear warmup)
+  c.optim.end_lr_fraction = 0.0  # Final lr as a fraction of the peak (cosine).
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95  # SigLIP: 0.95 stabilises large-batch training.
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 1e-4  # Decoupled; not applied to norms, biases, embeddings, t, b.
+  c.optim.clip_norm = 1.0  # Global-norm gradient clipping; 0 disables.
+  c.optim.frozen = ''  # Regex of parameter paths to freeze (LiT: '^img/').
+
+  # ---------------------------------------------------- mesh & sharding
+  # Axis names and sizes; -1 takes the remaining devices. The batch is sharded over every axis but 'model'.
+  c.mesh = [('data', -1)]
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.params = 'replicate'  # 'replicate' | 'fsdp' (shard big params over the 'fsdp' axis)
+  c.sharding.fsdp_min_size = 2**18  # Params with fewer elements stay replicated under 'fsdp'.
+  c.grad_cache = ml_collections.ConfigDict()
+  c.grad_cache.microbatch = 0  # >0: embed the batch in microbatches of this size (GradCache); 0: off.
+
+  # --------------------------------------------------- logging & saving
+  c.log_every = 50
+  c.ckpt_every = 500
+  c.keep_ckpts = 3
+  c.eval_every = 0  # 0: evaluate at the end only.
+  c.init_from = ''  # A converted checkpoint dir to start training from (see vitclip.convert).
+
+  # ----------------------------------------------------------- evaluation
+  c.evals = ml_collections.ConfigDict()
+  c.evals.names = ('zeroshot',)  # Evaluators to run; see vitclip/evaluators/__init__.py.
+  c.evals.batch_size = 256
+  c.evals.zeroshot = ml_collections.ConfigDict()
+  # TFDS classification data sets: 'name' (classes in feature 'label') or 'name:feature'.
+  c.evals.zeroshot.datasets = ('shapes', 'shapes:color')
+  c.evals.zeroshot.split = 'test'
+  c.evals.zeroshot.templates = 'shapes'  # 'clip80' | 'clip7' | 'none' | 'shapes' | a tuple of templates.
+  c.evals.zeroshot.classnames_files = ml_collections.ConfigDict()  # {dataset: file with one name per line}
+  c.evals.zeroshot.aliases = ''  # 'name=alias,...': replace individual class names in the prompts.
+  return c

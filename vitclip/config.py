@@ -1,0 +1,113 @@
+"""Config resolution and validation: every mistake a user can make is reported before anything compiles."""
+
+import math
+import os
+import tempfile
+
+import jax
+import ml_collections
+
+LOSS_KINDS = ('softmax', 'sigmoid')
+LOSS_IMPLS = ('dense', 'gather', 'ring')
+PARAM_SHARDINGS = ('replicate', 'fsdp')
+GENERATED_DATASETS = ('shapes',)  # Built locally on first use; everything else must already exist.
+
+# Logit scale / bias defaults per loss kind: CLIP (Radford et al.) and SigLIP (Zhai et al. 2023).
+LOSS_KIND_INIT = {
+    'softmax': dict(t_init=1 / 0.07, b_init=None, t_max=100.0),
+    'sigmoid': dict(t_init=10.0, b_init=-10.0, t_max=0.0),
+}
+
+
+class ConfigError(ValueError):
+  """A user-fixable problem with the config or the command line."""
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Returns a copy with fields left to their loss-kind defaults (None) filled in."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.loss.kind not in LOSS_KINDS:
+    raise ConfigError(f'config.loss.kind={config.loss.kind!r} is unknown; use one of {LOSS_KINDS}.')
+  with config.unlocked():
+    for key, value in LOSS_KIND_INIT[config.loss.kind].items():
+      if config.model[key] is None:
+        config.model[key] = value
+  return config
+
+
+def mesh_shape(mesh_spec, num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """Resolves `[(name, size), ...]` with at most one -1 into concrete axis sizes over `num_devices`."""
+  names = tuple(str(n) for n, _ in mesh_spec)
+  sizes = [int(s) for _, s in mesh_spec]
+  if len(set(names)) != len(names):
+    raise ConfigError(f'config.mesh={mesh_spec!r} repeats an axis name.')
+  if sizes.count(-1) > 1:
+    raise ConfigError(f'config.mesh={mesh_spec!r} has more than one -1 axis; give all but one size.')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(
+          f'config.mesh={mesh_spec!r}: {num_devices} devices are not divisible by the fixed axes ({known}).')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f'config.mesh={mesh_spec!r} covers {math.prod(sizes)} devices but {num_devices} are '
+                      'visible; make the axis sizes multiply to the device count or use -1 for one axis.')
+  return names, tuple(sizes)
+
+
+def batch_parallelism(config, num_devices: int) -> int:
+  """Number of devices the batch dimension is split over (every mesh axis except 'model')."""
+  names, sizes = mesh_shape(config.mesh, num_devices)
+  return math.prod(s for n, s in zip(names, sizes) if n != 'model')
+
+
+def _check_writable(workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir!r} is not writable ({e.strerror}); choose a directory you can '
+                      'write to.') from None
+
+
+def validate(config, workdir: str | None = None, *, num_devices: int | None = None, check_data: bool = True):
+  """Raises ConfigError with one actionable message for the first problem found."""
+  from vitclip.models import variants  # Imported lazily: keeps `config` importable without flax.
+  from vitclip.data import sources
+  num_devices = num_devices or jax.device_count()
+  if config.loss.kind not in LOSS_KINDS:
+    raise ConfigError(f'config.loss.kind={config.loss.kind!r} is unknown; use one of {LOSS_KINDS}.')
+  if config.loss.impl not in LOSS_IMPLS:
+    raise ConfigError(f'config.loss.impl={config.loss.impl!r} is unknown; use one of {LOSS_IMPLS}.')
+  if config.sharding.params not in PARAM_SHARDINGS:
+    raise ConfigError(f'config.sharding.params={config.sharding.params!r} is unknown; use one of '
+                      f'{PARAM_SHARDINGS}.')
+  for tower in ('image', 'text'):
+    name = config.model[tower].variant
+    try:
+      variants.decode_variant(name)
+    except ValueError as e:
+      raise ConfigError(f'config.model.{tower}.variant={name!r} is unknown: {e}') from None
+  parallel = batch_parallelism(config, num_devices)
+  if config.batch_size <= 0 or config.batch_size % parallel:
+    lower = max(parallel, config.batch_size // parallel * parallel)
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the {parallel} data-parallel devices; '
+        f'use a multiple of {parallel}, e.g. --config.batch_size={lower}.')
+  micro = config.grad_cache.microbatch
+  if micro and (config.batch_size % micro or micro % parallel):
+    raise ConfigError(f'config.grad_cache.microbatch={micro} must divide config.batch_size='
+                      f'{config.batch_size} and be a multiple of the {parallel} data-parallel devices.')
+  if check_data and config.data.name not in GENERATED_DATASETS:
+    try:
+      sources.load_source(config.data.name, config.data.train_split, data_dir(config))
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f'config.data.name={config.data.name!r}: {e}') from None
+  if workdir is not None:
+    _check_writable(workdir)
+
+
+def data_dir(config) -> str:
+  """The TFDS data dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.path.expanduser(config.data.data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))

@@ -1,0 +1,189 @@
+"""Input pipeline: TFDS data source -> grain (shuffle, shard, decode, augment, tokenize) -> global jax.Array.
+
+Each process reads its own interleaved slice of one globally shuffled order, so the global batch at step s is
+the same whatever the number of processes. The grain iterator state is saved with every checkpoint, which
+makes resumption exact.
+"""
+
+import dataclasses
+import threading
+from typing import Callable, Iterator
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from vitclip import config as config_lib
+from vitclip import sharding
+from vitclip.data import sources
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """How images are turned into model inputs: float32 [size, size, 3], (x / 255 - mean) / std."""
+  size: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  crop_scale: tuple[float, float] = (1.0, 1.0)  # Random-resized-crop area range (training only).
+  flip: bool = False
+
+  @classmethod
+  def from_config(cls, config, train: bool) -> 'ImageSpec':
+    return cls(size=config.model.image.image_size, mean=tuple(config.data.mean), std=tuple(config.data.std),
+               crop_scale=tuple(config.data.crop_scale) if train else (1.0, 1.0),
+               flip=config.data.flip and train)
+
+  def normalize(self, image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [H, W, 3]."""
+    return (image.astype(np.float32) / 255.0 - np.float32(self.mean)) / np.float32(self.std)
+
+  def resize(self, image: np.ndarray, box=None) -> np.ndarray:
+    """Crops `box` (left, top, right, bottom) of uint8 [H, W, 3] and resizes to [size, size, 3]."""
+    if box is None and image.shape[:2] == (self.size, self.size):
+      return image
+    pil = Image.fromarray(image)
+    return np.asarray(pil.resize((self.size, self.size), Image.BILINEAR, box=box))
+
+  def train_view(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random-resized crop (aspect ratio kept) + optional flip, normalized. uint8 [H, W, 3] -> f32."""
+    h, w = image.shape[:2]
+    lo, hi = self.crop_scale
+    side = np.sqrt(rng.uniform(lo, hi))
+    ch, cw = max(1, round(h * side)), max(1, round(w * side))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    out = self.resize(image, box=(left, top, left + cw, top + ch))
+    if self.flip and rng.random() < 0.5:
+      out = out[:, ::-1]
+    return self.normalize(out)
+
+  def eval_view(self, image: np.ndarray) -> np.ndarray:
+    """Resize to the model resolution, normalized. uint8 [H, W, 3] -> f32 [size, size, 3]."""
+    return self.normalize(self.resize(image))
+
+
+class SkipCounter:
+  """Thread-safe count of records skipped because they could not be decoded."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.count = 0
+    self.last_error = ''
+
+  def add(self, error: Exception):
+    with self._lock:
+      self.count += 1
+      self.last_error = str(error)
+
+
+@dataclasses.dataclass
+class TrainExample(grain.transforms.RandomMap):
+  """record -> {'image': f32 [S, S, 3], 'tokens': int32 [L]}, or None (skipped) for a bad record."""
+  spec: ImageSpec
+  tokenize: Callable[[list[str]], np.ndarray]
+  skipped: SkipCounter
+
+  def random_map(self, record, rng: np.random.Generator):
+    try:
+      image = sources.decode_image(record)
+      captions = sources.decode_captions(record)
+    except sources.BadRecordError as e:
+      self.skipped.add(e)
+      return None
+    caption = captions[rng.integers(len(captions))]
+    return {'image': self.spec.train_view(image, rng), 'tokens': self.tokenize([caption])[0]}
+
+
+class TrainIterator:
+  """Yields global batches {'image': [B, S, S, 3] f32, 'tokens': [B, L] int32} sharded over the mesh.
+
+  `grain_iterator` is the process-local grain iterator; orbax saves/restores it with each checkpoint.
+  """
+
+  def __init__(self, grain_iterator, mesh, skipped: SkipCounter):
+    self.grain_iterator = grain_iterator
+    self._sharding = sharding.batch_sharding(mesh)
+    self.skipped = skipped
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    local = next(self.grain_iterator)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._sharding, x), local)
+
+
+def make_train_iterator(config, tokenize: Callable[[list[str]], np.ndarray], mesh) -> TrainIterator:
+  """Builds the training stream over `config.data.train_split` for this process."""
+  source, _ = sources.load_source(config.data.name, config.data.train_split, config_lib.data_dir(config))
+  if config.batch_size % jax.process_count():
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
+                     f'{jax.process_count()} processes.')
+  skipped = SkipCounter()
+  ds = grain.MapDataset.source(source).seed(config.data.shuffle_buffer_seed).shuffle().repeat()
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.random_map(TrainExample(ImageSpec.from_config(config, train=True), tokenize, skipped))
+  read = grain.ReadOptions(num_threads=max(1, config.data.num_workers), prefetch_buffer_size=config.data.prefetch
+                           * config.batch_size // jax.process_count())
+  it = ds.to_iter_dataset(read).batch(config.batch_size // jax.process_count(), drop_remainder=True)
+  if config.data.num_workers > 1:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+  return TrainIterator(iter(it), mesh, skipped)
+
+
+def eval_batches(source, convert: Callable[[dict], dict], batch_size: int,
+                 mesh) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
+  """Iterates a whole split once in order, padding the last batch; drops no example.
+
+  Args:
+    source: random-access records; `convert(record)` -> dict of numpy arrays (one example).
+    batch_size: global batch size (a multiple of the batch-parallel device count).
+  Yields:
+    (batch, valid): batch arrays [batch_size, ...] sharded over the mesh's batch axes and valid: bool
+    [batch_size] on the host, False for padding rows. Bad records are counted in `valid` as False too.
+  """
+  batch_sharding = sharding.batch_sharding(mesh)
+  n = len(source)
+  proc, nproc = jax.process_index(), jax.process_count()
+  local = batch_size // nproc
+  template = None
+  for start in range(0, n, batch_size):
+    rows, valid = [], np.zeros(batch_size, bool)
+    for j in range(local):
+      g = start + proc * local + j
+      example = None
+      if g < n:
+        try:
+          example = convert(source[g])
+        except sources.BadRecordError:
+          example = None
+      if example is not None:
+        template = template or example
+        valid[proc * local + j] = True
+      rows.append(example)
+    template = template or _first_valid(source, convert)
+    rows = [r if r is not None else jax.tree.map(np.zeros_like, template) for r in rows]
+    local_batch = jax.tree.map(lambda *xs: np.stack(xs), *rows)
+    global_valid = np.asarray(_allgather_valid(valid, local, proc))
+    yield jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),
+                       local_batch), global_valid
+
+
+def _first_valid(source, convert):
+  for i in range(len(source)):
+    try:
+      example = convert(source[i])
+    except sources.BadRecordError:
+      continue
+    if example is not None:
+      return example
+  raise ValueError('every record of the evaluation split is unreadable.')
+
+
+def _allgather_valid(valid: np.ndarray, local: int, proc: int) -> np.ndarray:
+  """Each process only knows its own rows' validity; combine them (cheap host-level gather)."""
+  if jax.process_count() == 1:
+    return valid
+  from jax.experimental import multihost_utils
+  mine = valid[proc * local:(proc + 1) * local]
+  return multihost_utils.process_allgather(mine).reshape(-1)

@@ -1,0 +1,56 @@
+"""Prompt template sets for zero-shot classifiers. `{}` is replaced by the class name."""
+
+# The 80 prompts of the CLIP ImageNet zero-shot protocol (Radford et al. 2021).
+CLIP80 = (
+    'a bad photo of a {}.', 'a photo of many {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.', 'a bad photo of the {}.',
+    'a cropped photo of the {}.', 'a tattoo of a {}.', 'the embroidered {}.', 'a photo of a hard to see {}.',
+    'a bright photo of a {}.', 'a photo of a clean {}.', 'a photo of a dirty {}.', 'a dark photo of the {}.',
+    'a drawing of a {}.', 'a photo of my {}.', 'the plastic {}.', 'a photo of the cool {}.',
+    'a close-up photo of a {}.', 'a black and white photo of the {}.', 'a painting of the {}.',
+    'a painting of a {}.', 'a pixelated photo of the {}.', 'a sculpture of the {}.', 'a bright photo of the {}.',
+    'a cropped photo of a {}.', 'a plastic {}.', 'a photo of the dirty {}.', 'a jpeg corrupted photo of a {}.',
+    'a blurry photo of the {}.', 'a photo of the {}.', 'a good photo of the {}.', 'a rendering of the {}.',
+    'a {} in a video game.', 'a photo of one {}.', 'a doodle of a {}.', 'a close-up photo of the {}.',
+    'a photo of a {}.', 'the origami {}.', 'the {} in a video game.', 'a sketch of a {}.', 'a doodle of the {}.',
+    'a origami {}.', 'a low resolution photo of a {}.', 'the toy {}.', 'a rendition of the {}.',
+    'a photo of the clean {}.', 'a photo of a large {}.', 'a rendition of a {}.', 'a photo of a nice {}.',
+    'a photo of a weird {}.', 'a blurry photo of a {}.', 'a cartoon {}.', 'art of a {}.', 'a sketch of the {}.',
+    'a embroidered {}.', 'a pixelated photo of a {}.', 'itap of the {}.', 'a jpeg corrupted photo of the {}.',
+    'a good photo of a {}.', 'a plushie {}.', 'a photo of the nice {}.', 'a photo of the small {}.',
+    'a photo of the weird {}.', 'the cartoon {}.', 'art of the {}.', 'a drawing of the {}.',
+    'a photo of the large {}.', 'a black and white photo of a {}.', 'the plushie {}.', 'a dark photo of a {}.',
+    'itap of a {}.', 'graffiti of the {}.', 'a toy {}.', 'itap of my {}.', 'a photo of a cool {}.',
+    'a photo of a small {}.', 'a tattoo of the {}.',
+)
+
+# The 7-prompt subset selected in the CLIP repository's ImageNet notebook.
+CLIP7 = ('itap of a {}.', 'a bad photo of the {}.', 'a origami {}.', 'a photo of the large {}.',
+         'a {} in a video game.', 'art of the {}.', 'a photo of the small {}.')
+
+# For the generated shapes world: class names are shapes ('label') or colours ('color').
+SHAPES = ('a {}.', 'a small {}.', 'a large {}.', 'there is a {}.', 'a picture of a {}.')
+
+
+def shapes_color_templates() -> tuple[str, ...]:
+  """Colour prompts ensemble over every shape: 'a {} circle.', 'a {} square.', ..."""
+  from vitclip.data import shapes
+  return tuple(f'a {{}} {shape}.' for shape in shapes.SHAPE_NAMES)
+
+
+def get_templates(spec, feature: str = 'label') -> tuple[str, ...]:
+  """A set name ('clip80' | 'clip7' | 'none' | 'shapes') or an explicit sequence of templates."""
+  if not isinstance(spec, str):
+    templates = tuple(spec)
+  elif spec == 'shapes':
+    templates = shapes_color_templates() if feature == 'color' else SHAPES
+  else:
+    sets = {'clip80': CLIP80, 'clip7': CLIP7, 'none': ('{}',)}
+    if spec not in sets:
+      raise ValueError(f'template set {spec!r} is unknown; use one of {sorted(sets) + ["shapes"]} or a list '
+                       'of templates containing "{}".')
+    templates = sets[spec]
+  bad = [t for t in templates if '{}' not in t]
+  if bad or not templates:
+    raise ValueError(f'templates {bad or templates!r} must each contain "{{}}" for the class name.')
+  return templates
