@@ -60,20 +60,32 @@ def setup(config, workdir: str, *, devices=None) -> Run:
     config.model.text.vocab_size = tokenizer.vocab_size
     config.model.text.eos_id = tokenizer.eos_id
     config.model.text.pad_id = tokenizer.pad_id
-  model = build_model(config.model)
-  abstract_params = jax.eval_shape(lambda r: init_params(model, config, r), jax.random.key(0))
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, abstract_params)
-  abstract_state = jax.eval_shape(lambda r: _init_state(model, config, tx, r), jax.random.key(0))
-  rule, min_size = config.sharding.params, config.sharding.fsdp_min_size
-  shardings = train_step_lib.TrainState(
-      step=sharding.replicated(mesh), rng=sharding.replicated(mesh),
-      params=sharding.param_shardings(abstract_state.params, mesh, rule, min_size),
-      opt_state=sharding.param_shardings(abstract_state.opt_state, mesh, rule, min_size))
-  abstract_state = checkpoint_lib.abstract_with_shardings(abstract_state, shardings)
+  run = build_run(config, workdir, mesh, tokenizer)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
       f.write(config.to_json_best_effort(indent=1))
-  return Run(config, workdir, mesh, tokenizer, model, tx, schedule, abstract_state)
+  return run
+
+
+def build_run(config, workdir: str, mesh, tokenizer: Tokenizer | None) -> Run:
+  """Model, optimizer and sharded abstract state for a resolved config (no data access)."""
+  model = build_model(config.model)
+  abstract_params = jax.eval_shape(lambda r: init_params(model, config, r), jax.random.key(0))
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, abstract_params)
+  run = Run(config, workdir, mesh, tokenizer, model, tx, schedule, abstract_state=None)
+  run.abstract_state = abstract_state_for(run)
+  return run
+
+
+def abstract_state_for(run: Run) -> train_step_lib.TrainState:
+  """ShapeDtypeStructs of the train state carrying the shardings chosen by `config.sharding`."""
+  abstract = jax.eval_shape(lambda r: _init_state(run.model, run.config, run.tx, r), jax.random.key(0))
+  rule, min_size = run.config.sharding.params, run.config.sharding.fsdp_min_size
+  shardings = train_step_lib.TrainState(
+      step=sharding.replicated(run.mesh), rng=sharding.replicated(run.mesh),
+      params=sharding.param_shardings(abstract.params, run.mesh, rule, min_size),
+      opt_state=sharding.param_shardings(abstract.opt_state, run.mesh, rule, min_size))
+  return checkpoint_lib.abstract_with_shardings(abstract, shardings)
 
 
 def prepare_data(config):

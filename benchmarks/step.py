@@ -1,0 +1,99 @@
+r"""Train-step throughput: compile once, time N steps after warm-up; samples/s, model FLOPs and MFU.
+
+  python benchmarks/step.py --config configs/shapes.py [--config.key=value ...] [--steps 20] [--json OUT]
+
+Inputs are random arrays of the configured shapes already on device, so the number measures the step alone
+(no input pipeline, no data set needed). FLOPs come from XLA's cost analysis of the compiled step; MFU is
+reported when the device's peak is known (--peak_tflops overrides).
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vitclip import config as config_lib, sharding, trainer  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=False)
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+_JSON = flags.DEFINE_string('json', '', 'Write the results here as JSON.')
+_PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Per-device peak (dense bf16) TFLOP/s for MFU; 0: from a table.')
+flags.mark_flags_as_required(['config'])
+
+# Dense bf16 peak per device, TFLOP/s (vendor data sheets).
+PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0, 'TPU v4': 275.0, 'TPU v5e': 197.0,
+               'TPU v5p': 459.0, 'TPU v6': 918.0}
+
+
+def device_peak_tflops(device) -> float | None:
+  kind = getattr(device, 'device_kind', '')
+  return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+
+
+def build_benchmark_run(config) -> trainer.Run:
+  """A Run without data set or tokenizer: vocab comes from config.model.text.vocab_size."""
+  config = config_lib.resolve(config)
+  config_lib.validate(config, None, check_data=False)
+  mesh = sharding.make_mesh(config.mesh)
+  return trainer.build_run(config, tempfile.mkdtemp(), mesh, tokenizer=None)
+
+
+def random_batch(config, mesh):
+  size, length, b = config.model.image.image_size, config.model.text.max_len, config.batch_size
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.standard_normal((b, size, size, 3), np.float32),
+           'tokens': rng.integers(1, config.model.text.vocab_size, (b, length)).astype(np.int32)}
+  return jax.device_put(batch, sharding.batch_sharding(mesh))
+
+
+def main(argv):
+  del argv
+  run = build_benchmark_run(_CONFIG.value)
+  cfg = run.config
+  step = trainer.compile_train_step(run)
+  batch = random_batch(cfg, run.mesh)
+  state = trainer.create_state(run)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_step = float((cost or {}).get('flops', 0.0))  # Per device for SPMD programs.
+  for _ in range(_WARMUP.value):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - t0) / _STEPS.value
+  device = jax.devices()[0]
+  peak = _PEAK.value or device_peak_tflops(device)
+  achieved = flops_per_step / seconds / 1e12 if flops_per_step else None
+  result = {
+      'device': getattr(device, 'device_kind', str(device)), 'num_devices': jax.device_count(),
+      'image_variant': cfg.model.image.variant, 'text_variant': cfg.model.text.variant,
+      'batch_size': cfg.batch_size, 'loss': f'{cfg.loss.kind}/{cfg.loss.impl}', 'dtype': cfg.model.dtype,
+      'remat': cfg.model.remat_policy, 'grad_cache_microbatch': cfg.grad_cache.microbatch,
+      'compile_s': round(compile_s, 2), 'step_s': seconds, 'samples_per_s': cfg.batch_size / seconds,
+      'tflops_per_device_per_step': flops_per_step / 1e12, 'achieved_tflops_per_device': achieved,
+      'peak_tflops_per_device': peak, 'mfu': achieved / peak if achieved and peak else None,
+      'final_loss': float(metrics['loss']),
+  }
+  print(json.dumps(result, indent=1))
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
