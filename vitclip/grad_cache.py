@@ -74,6 +74,6 @@ def make_loss_and_grad(model, config, mesh):
       return jax.tree.map(jnp.add, acc, g), None
     grads, _ = jax.lax.scan(accumulate, g_params, (images, tokens, g_img, g_txt))
     t, b = _logit_params(params)
-    return (loss, {'t': t, 'b': b}), grads
+    return (loss, {'t': t} if b is None else {'t': t, 'b': b}), grads
 
   return loss_and_grad

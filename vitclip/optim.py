@@ -42,7 +42,7 @@ def make_optimizer(optim_cfg, total_steps: int, params) -> tuple[optax.GradientT
   tx = optax.chain(
       optax.clip_by_global_norm(optim_cfg.clip_norm) if optim_cfg.clip_norm > 0 else optax.identity(),
       optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                  weight_decay=optim_cfg.weight_decay, mask=decay_mask(params)),
+                  weight_decay=optim_cfg.weight_decay, mask=decay_mask),
   )
   if optim_cfg.frozen:
     labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen_mask(params, optim_cfg.frozen))

@@ -50,7 +50,8 @@ class Tokenizer:
 
   def decode(self, ids: np.ndarray) -> list[str]:
     """ids: int [N, L] -> N strings (specials dropped)."""
-    return self.tok.decode_batch([list(map(int, row)) for row in np.asarray(ids)], skip_special_tokens=True)
+    texts = self.tok.decode_batch([list(map(int, row)) for row in np.asarray(ids)], skip_special_tokens=True)
+    return [t.strip() for t in texts]  # Byte-level BPE encodes a leading space (add_prefix_space).
 
   def save(self, path: str):
     self.tok.save(path)

@@ -29,7 +29,7 @@ def loss_fn_from_config(config, mesh) -> Callable:
 def embed_and_loss(model, loss_fn, params, batch):
   """Full-batch forward: embeddings of both towers and the contrastive loss. Returns (loss, extras)."""
   zimg, ztxt, extras = model.apply({'params': params}, batch['image'], batch['tokens'])
-  loss = loss_fn(zimg, ztxt, extras['t'], extras['b'])
+  loss = loss_fn(zimg, ztxt, extras['t'], extras.get('b'))
   return loss, extras
 
 
@@ -72,7 +72,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, config, m
         'grad_norm': grad_norm, 'param_norm': global_norm(state.params), 'update_norm': global_norm(updates),
         'skipped_nonfinite': 1 - finite.astype(jnp.int32),
     }
-    if extras['b'] is not None:
+    if 'b' in extras:
       metrics['b'] = extras['b']
     return new_state, metrics
 

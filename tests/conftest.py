@@ -1,0 +1,14 @@
+"""Shared test setup: 8 simulated CPU devices, set before any test module imports jax.
+
+XLA reads the device count once, when the CPU backend starts, so every test in the session sees the same 8
+devices; tests that need fewer build their mesh from a slice of `jax.devices()`.
+"""
+
+import os
+import sys
+
+_flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
+os.environ['XLA_FLAGS'] = ' '.join(_flags + ['--xla_force_host_platform_device_count=8'])
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# `configs` is a top-level package next to `vitclip`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
