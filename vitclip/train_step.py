@@ -72,7 +72,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, config, m
         'grad_norm': grad_norm, 'param_norm': global_norm(state.params), 'update_norm': global_norm(updates),
         'skipped_nonfinite': 1 - finite.astype(jnp.int32),
     }
-    if 'b' in extras:
+    if extras.get('b') is not None:
       metrics['b'] = extras['b']
     return new_state, metrics
 

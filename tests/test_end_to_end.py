@@ -1,0 +1,107 @@
+"""Train -> crash -> resume -> evaluate on a tiny shapes run: the resumed run is the uninterrupted run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.tiny import tiny_config
+from vitclip import trainer
+from vitclip.data import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Crash(Exception):
+  """Stands in for a kill: training stops between steps, an async checkpoint save may still be in flight."""
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {r['step']: r for r in rows if 'loss' in r}
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  results = trainer.train(tiny_config(data_dir), workdir)
+  return workdir, results
+
+
+def test_outputs_of_a_run(uninterrupted):
+  workdir, results = uninterrupted
+  metrics = read_metrics(workdir)
+  assert sorted(metrics) == list(range(1, 9))
+  for row in metrics.values():
+    assert {'loss', 'lr', 'samples_per_s', 'train/t', 'train/grad_norm'} <= set(row)
+    assert np.isfinite(row['loss'])
+  assert 0.0 <= results['zeroshot/shapes/top1'] <= 1.0
+  with open(os.path.join(workdir, 'eval_results.json')) as f:
+    assert json.load(f) == pytest.approx(results)
+  for name in ('tokenizer.json', 'config.json', 'tensorboard'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+
+
+def test_resume_after_crash_replays_the_same_losses(uninterrupted, data_dir, tmp_path, monkeypatch):
+  ref_dir, ref_results = uninterrupted
+  workdir = str(tmp_path / 'crashed')
+  original_next = pipeline.TrainIterator.__next__
+  calls = {'n': 0}
+
+  def crashing_next(self):
+    calls['n'] += 1
+    if calls['n'] > 6:  # steps 1-6 run; the checkpoint of step 4 exists, steps 5-6 are lost.
+      raise Crash()
+    return original_next(self)
+
+  monkeypatch.setattr(pipeline.TrainIterator, '__next__', crashing_next)
+  with pytest.raises(Crash):
+    trainer.train(tiny_config(data_dir), workdir)
+  assert max(read_metrics(workdir)) == 6
+  monkeypatch.setattr(pipeline.TrainIterator, '__next__', original_next)
+
+  results = trainer.train(tiny_config(data_dir), workdir)  # the same command again: resumes from step 4
+  got, want = read_metrics(workdir), read_metrics(ref_dir)
+  assert sorted(got) == sorted(want)
+  for step in want:
+    np.testing.assert_allclose(got[step]['loss'], want[step]['loss'], rtol=1e-5, atol=1e-6, err_msg=f'step {step}')
+  assert results == pytest.approx(ref_results, abs=1e-5)
+
+
+def test_eval_restores_the_trained_model(uninterrupted, data_dir):
+  workdir, results = uninterrupted
+  again = trainer.evaluate(tiny_config(data_dir), workdir)
+  assert again == pytest.approx(results, abs=1e-5)
+
+
+def test_eval_cli_writes_results(uninterrupted, data_dir):
+  workdir, results = uninterrupted
+  os.remove(os.path.join(workdir, 'eval_results.json'))
+  proc = subprocess.run(
+      [sys.executable, 'eval.py', '--config', 'configs/shapes.py', '--workdir', workdir,
+       f'--config.data.data_dir={data_dir}', '--config.data.shapes.image_size=32',
+       '--config.data.shapes.num_train=512', '--config.data.shapes.num_validation=64',
+       '--config.data.shapes.num_test=64', '--config.model.image.variant=micro/8',
+       '--config.model.image.image_size=32', '--config.model.text.variant=micro', '--config.model.text.max_len=12',
+       '--config.model.embed_dim=32', '--config.evals.batch_size=32', "--config.evals.zeroshot.datasets=('shapes',)"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'zeroshot/shapes/top1' in proc.stdout
+  with open(os.path.join(workdir, 'eval_results.json')) as f:
+    assert json.load(f) == pytest.approx(results, abs=1e-5)
+
+
+def test_missing_checkpoint_is_a_clear_error(data_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    trainer.evaluate(tiny_config(data_dir), str(tmp_path / 'empty'))
