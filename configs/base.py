@@ -124,4 +124,40 @@ def get_config(arg=None):
   c.evals.zeroshot.templates = 'shapes'  # 'clip80' | 'clip7' | 'none' | 'shapes' | a tuple of templates.
   c.evals.zeroshot.classnames_files = ml_collections.ConfigDict()  # {dataset: file with one name per line}
   c.evals.zeroshot.aliases = ''  # 'name=alias,...': replace individual class names in the prompts.
+
+  # Image <-> text retrieval (vitclip/evaluators/retrieval.py): R@1/5/10 both ways, all captions of each image.
+  c.evals.retrieval = ml_collections.ConfigDict()
+  c.evals.retrieval.datasets = ('shapes',)  # TFDS names whose records hold an image and captions.
+  c.evals.retrieval.split = 'validation'
+  c.evals.retrieval.max_examples = 0  # Evaluate the first N images only; 0 = all.
+
+  # MaskCLIP-style dense probing (vitclip/evaluators/dense.py): training-free segmentation, mIoU.
+  c.evals.dense = ml_collections.ConfigDict()
+  c.evals.dense.datasets = ('shapes',)  # 'name' (mask in `mask_feature`) or 'name:mask_feature'.
+  c.evals.dense.split = 'validation'
+  c.evals.dense.max_examples = 0  # Evaluate the first N images only; 0 = all.
+  c.evals.dense.mask_feature = 'mask'  # int [H, W]: 0 = background, k + 1 = class k, ignore_index = unscored.
+  c.evals.dense.ignore_index = 255
+  # Foreground class names (mask value k + 1 = name k): shapes -> SHAPE_NAMES; else a file from
+  # `classnames_files` {dataset: path, one name per line}, else the ClassLabel feature `class_feature`.
+  c.evals.dense.classnames_files = ml_collections.ConfigDict()
+  c.evals.dense.class_feature = 'label'
+  c.evals.dense.aliases = ''  # 'name=alias,...': replace individual class names in the prompts.
+  c.evals.dense.templates = 'shapes'  # As evals.zeroshot.templates.
+  c.evals.dense.method = 'maskclip'  # Last-block mode: 'none' | 'maskclip' | 'reduced' | 'sclip' | 'clearclip'.
+  c.evals.dense.key_smoothing = False  # MaskCLIP KS: pred_i = mean_j cos(k_i, k_j) pred_j (last-block keys).
+  c.evals.dense.prompt_denoising = False  # MaskCLIP PD: drop classes whose max probability < pd_threshold.
+  c.evals.dense.pd_threshold = 0.5  # MaskCLIP.
+  c.evals.dense.temperature = 100.0  # Class probabilities = softmax(temperature * cosine) (MaskCLIP: 100).
+  # 'prompt': background is a class, the max over one text row per background name (x templates);
+  # 'threshold': background where the max foreground probability < bg_threshold.
+  c.evals.dense.background = 'prompt'
+  c.evals.dense.background_prompts = ('background', 'grey background', 'texture', 'noise')
+  c.evals.dense.bg_threshold = 0.5
+  c.evals.dense.input_size = 0  # Images are resized to input_size^2 for inference; 0 = model resolution.
+  # Sliding windows (pixels, multiples of the patch size) over the resized image; slide_size 0 = off.
+  c.evals.dense.slide_size = 0
+  c.evals.dense.slide_stride = 0
+  c.evals.dense.sweep = False  # Also report every method x (KS+PD off / on): dense/<ds>/<method>[_kspd]/miou.
+  c.evals.dense.num_overlays = 8  # PNGs image | prediction | truth in <workdir>/dense_overlays/; 0 = none.
   return c

@@ -1,10 +1,12 @@
 """Evaluators by name. Each is `fn(ctx: EvalContext, cfg) -> {'<evaluator>/<dataset>/<metric>': float}`."""
 
-from vitclip.evaluators import zeroshot
+from vitclip.evaluators import dense, retrieval, zeroshot
 from vitclip.evaluators.common import EvalContext
 
 EVALUATORS = {
     'zeroshot': zeroshot.evaluate,
+    'retrieval': retrieval.evaluate,
+    'dense': dense.evaluate,
 }
 
 

@@ -1,0 +1,335 @@
+"""Tests of the retrieval and dense (MaskCLIP) evaluators: metrics against hand-computed cases, Key Smoothing and
+Prompt Denoising on hand-made arrays, and both evaluators end to end on a tiny generated `shapes` data set with
+a micro model, against independent re-computations (8 simulated CPU devices, eval batch 8)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import base
+from configs import shapes as shapes_config
+from vitclip import config as config_lib
+from vitclip import sharding
+from vitclip.data import shapes, sources
+from vitclip.evaluators import EVALUATORS, common, dense, metrics, overlays, retrieval, run_all
+from vitclip.models import build_model
+from vitclip.tokenizer import Tokenizer, train_bpe
+
+SETTINGS = dict(image_size=32, num_train=16, num_validation=13, num_test=8, seed=0)  # 13: last batch padded.
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_confusion_matrix_ignores_and_counts():
+  pred = np.array([[0, 1], [1, 2]])
+  gt = np.array([[0, 1], [2, 255]])
+  conf = metrics.confusion_matrix(pred, gt, 3)
+  np.testing.assert_array_equal(conf, [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+
+
+def test_confusion_matrix_rejects_unknown_classes():
+  with pytest.raises(ValueError, match='outside'):
+    metrics.confusion_matrix(np.zeros((2, 2), int), np.full((2, 2), 7), 3)
+
+
+def test_segmentation_metrics_excludes_absent_classes():
+  # gt:   [0, 1, 2]; pred: [0, 1, 1]; class 3 appears nowhere (union 0 -> NaN, excluded from the mean).
+  conf = metrics.confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 2]), 4)
+  m = metrics.segmentation_metrics(conf)
+  np.testing.assert_allclose(m['iou'][:3], [1.0, 0.5, 0.0])
+  assert np.isnan(m['iou'][3])
+  assert m['miou'] == pytest.approx(0.5)
+  assert m['pixel_acc'] == pytest.approx(2 / 3)
+  assert m['mean_acc'] == pytest.approx(2 / 3)
+  empty = metrics.segmentation_metrics(np.zeros((3, 3)))
+  assert empty['miou'] == 0.0 and empty['pixel_acc'] == 0.0
+
+
+def test_retrieval_recall_several_captions_and_ties():
+  txt_to_img = np.array([0, 0, 1, 2, 2])
+  sim = np.array([
+      [0.9, 0.1, 0.5, 0.2, 0.2],  # Image 0: its caption 0 is the best text -> rank 0.
+      [0.8, 0.7, 0.6, 0.1, 0.1],  # Image 1: two other texts above its caption -> rank 2.
+      [0.4, 0.4, 0.4, 0.4, 0.2],  # Image 2: its best caption ties with three others -> rank 3 (pessimistic).
+  ])
+  # t2i ranks: caption 0: 0, caption 1: 2 (0.7, 0.4 above 0.1), caption 2: 0, caption 3: 0,
+  # caption 4: 1 (image 0 ties at 0.2).
+  for chunk in (1024, 2):
+    r = metrics.retrieval_recall(sim, txt_to_img, ks=(1, 2, 3, 4), chunk=chunk)
+    assert r['i2t_r1'] == pytest.approx(1 / 3)
+    assert r['i2t_r2'] == pytest.approx(1 / 3)
+    assert r['i2t_r3'] == pytest.approx(2 / 3)
+    assert r['i2t_r4'] == pytest.approx(1.0)
+    assert r['t2i_r1'] == pytest.approx(3 / 5)
+    assert r['t2i_r2'] == pytest.approx(4 / 5)
+    assert r['t2i_r3'] == pytest.approx(1.0)
+
+
+def test_retrieval_recall_collapsed_model_scores_zero():
+  r = metrics.retrieval_recall(np.ones((20, 40)), np.repeat(np.arange(20), 2), ks=(1, 5, 10))
+  assert all(v == 0.0 for v in r.values())
+
+
+# ------------------------------------------------------------------------------------ KS, PD, background
+
+
+OPTS = dense.ScoreOptions(background='prompt', num_bg=1, temperature=100.0, pd_threshold=0.5)
+
+
+def test_prompt_denoising_drops_unconfident_class_keeps_confident_one():
+  # Classes: background, A, B. Patch 0: A is confident (p ~ 0.99). Patch 1: B is the argmax but never reaches
+  # probability 0.5 anywhere (~0.45), so PD drops it and the patch falls back to the background.
+  logits = jnp.array([[[[0.20, 0.25, 0.10]], [[0.200, 0.199, 0.205]]]])  # [B=1, h=2, w=1, K=3]
+  plain = dense.class_scores(logits, None, OPTS, ks=False, pd=False)
+  denoised = dense.class_scores(logits, None, OPTS, ks=False, pd=True)
+  np.testing.assert_array_equal(np.argmax(plain, -1).ravel(), [1, 2])
+  np.testing.assert_array_equal(np.argmax(denoised, -1).ravel(), [1, 0])
+  assert float(denoised[..., 2].max()) == 0.0  # B is gone everywhere.
+  np.testing.assert_allclose(np.sum(denoised, -1), 1.0, rtol=1e-6)  # Still a distribution over kept classes.
+  keep = dense.prompt_denoising_keep(jax.nn.softmax(100 * logits.reshape(1, 2, 3)), 0.5)
+  np.testing.assert_array_equal(keep[0, 0, 1:], [True, False])  # (The background is never dropped.)
+
+
+def test_key_smoothing_identical_keys_average_predictions():
+  rng = np.random.default_rng(0)
+  scores = jnp.asarray(rng.random((2, 6, 4)), jnp.float32)
+  direction = rng.normal(size=5)
+  # Same direction, different lengths: cosine 1 between all patches, whatever the key norms.
+  keys = jnp.asarray(np.abs(rng.normal(size=(2, 6, 1))) * direction, jnp.float32)
+  out = dense.key_smoothing(scores, keys)
+  np.testing.assert_allclose(out, np.broadcast_to(scores.mean(1, keepdims=True), out.shape), rtol=1e-5)
+
+
+def test_key_smoothing_uses_cosine_between_patches():
+  scores = jnp.asarray(np.random.default_rng(1).random((1, 3, 2)), jnp.float32)
+  keys = jnp.asarray([[[3.0, 0.0], [0.0, 0.5], [-2.0, 0.0]]])  # Orthogonal / opposite patches.
+  cos = np.array([[1, 0, -1], [0, 1, 0], [-1, 0, 1]], np.float32)
+  np.testing.assert_allclose(dense.key_smoothing(scores, keys)[0], cos @ scores[0] / 3, rtol=1e-5, atol=1e-7)
+
+
+def test_background_prompts_merge_and_threshold():
+  # Prompt mode with two background rows: the background logit is their max.
+  logits = jnp.array([[[[0.1, 0.3, 0.2, 0.25]]]])  # bg1, bg2, A, B
+  s = dense.class_scores(logits, None, dense.ScoreOptions('prompt', num_bg=2), ks=False, pd=False)
+  np.testing.assert_allclose(s[0, 0, 0], jax.nn.softmax(100 * jnp.array([0.3, 0.2, 0.25])), rtol=1e-5)
+  # Threshold mode: background where the max foreground probability < bg_threshold.
+  logits = jnp.array([[[[0.30, 0.20]], [[0.25, 0.249]]]])  # Patch 0 confident A; patch 1 A/B nearly tied.
+  s = dense.class_scores(logits, None, dense.ScoreOptions('threshold', num_bg=0, bg_threshold=0.6),
+                         ks=False, pd=False)
+  np.testing.assert_array_equal(np.argmax(s, -1).ravel(), [1, 0])
+  np.testing.assert_allclose(s[..., 0], 0.6)
+
+
+def test_slide_windows_cover_the_image():
+  assert dense.slide_windows(64, 32, 32) == [(0, 0), (0, 32), (32, 0), (32, 32)]
+  wins = dense.slide_windows(40, 16, 16)  # Last window flush with the border.
+  assert sorted({y for y, _ in wins}) == [0, 16, 24]
+
+
+def test_parse_dataset_spec():
+  assert dense.parse_dataset('shapes', 'mask') == ('shapes', 'mask')
+  assert dense.parse_dataset('voc:seg', 'mask') == ('voc', 'seg')
+  assert dense.parse_dataset('voc/cfg:1.0.0', 'mask') == ('voc/cfg:1.0.0', 'mask')
+
+
+def test_overlays_written(tmp_path):
+  image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8)
+  gt = np.zeros((16, 16), np.int32)
+  gt[4:10, 4:10] = 2
+  gt[0, 0] = 255
+  paths = overlays.write_overlays(str(tmp_path / 'ov'), [image, image], [gt, np.ones_like(gt)], [gt, gt],
+                                  ['background', 'circle', 'square'])
+  assert [os.path.basename(p) for p in paths] == ['000.png', '001.png']
+  assert Image.open(paths[0]).size[0] > 300
+  assert overlays.palette(30).shape == (30, 3) and len({tuple(c) for c in overlays.palette(30)}) == 30
+
+
+# ------------------------------------------------------------------------------ end to end: tiny model
+
+
+def random_params(model, max_len):
+  """Random params of the model's shapes without compiling `init` (slow on CPU): N(0, 0.2²) everywhere."""
+  shapes_ = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                           jnp.zeros((1, max_len), jnp.int32))['params']
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda x: jnp.asarray(0.2 * rng.normal(size=x.shape), jnp.float32), shapes_)
+
+
+@pytest.fixture(scope='module')
+def ctx(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('data'))
+  sources.prepare('shapes', data_dir, **SETTINGS)
+  train, _ = sources.load_source('shapes', 'train', data_dir, **SETTINGS)
+  captions = [c for i in range(len(train)) for c in sources.decode_captions(train[i])]
+  tok_path = str(tmp_path_factory.mktemp('tok') / 'tokenizer.json')
+  train_bpe(captions, 300).save(tok_path)
+  c = shapes_config.get_config()
+  c.data.shapes.update(SETTINGS)
+  c.model.embed_dim = 32
+  c.model.image.variant, c.model.image.image_size = 'micro/8', 32
+  c.model.text.variant, c.model.text.max_len = 'micro', 16
+  tok = Tokenizer.from_file(tok_path, c.model.text.max_len)
+  c.model.text.vocab_size, c.model.text.eos_id, c.model.text.pad_id = tok.vocab_size, tok.eos_id, tok.pad_id
+  c.evals.batch_size = 8
+  c.evals.dense.num_overlays = 3
+  c = config_lib.resolve(c)
+  model = build_model(c.model)
+  params = random_params(model, c.model.text.max_len)
+  mesh = sharding.make_mesh([('data', -1)])
+  workdir = str(tmp_path_factory.mktemp('work'))
+  return common.EvalContext(c, model, params, tok, mesh, workdir, data_dir)
+
+
+def _validation(ctx):
+  source, _ = sources.load_source('shapes', 'validation', ctx.data_dir, **SETTINGS)
+  return [source[i] for i in range(len(source))]
+
+
+def test_registry_and_config():
+  assert {'zeroshot', 'retrieval', 'dense'} <= set(EVALUATORS)
+  c = base.get_config()
+  assert c.evals.names == ('zeroshot',)
+  assert c.evals.dense.method in dense.METHODS and c.evals.dense.background in dense.BACKGROUNDS
+
+
+def test_retrieval_matches_direct_computation(ctx):
+  results = run_all(ctx, ['retrieval'])
+  assert sorted(results) == sorted(f'retrieval/shapes/{d}_r{k}' for d in ('i2t', 't2i') for k in (1, 5, 10))
+  records = _validation(ctx)
+  spec = ctx.image_spec()
+  images = np.stack([spec.eval_view(sources.decode_image(r)) for r in records])
+  zimg = encode_images(ctx, images)
+  texts, owner = [], []
+  for i, r in enumerate(records):
+    caps = sources.decode_captions(r)
+    texts += caps
+    owner += [i] * len(caps)
+  ztxt = ctx.encode_texts(texts)
+  expected = metrics.retrieval_recall(zimg @ ztxt.T, np.array(owner))
+  for k, v in expected.items():
+    assert results[f'retrieval/shapes/{k}'] == pytest.approx(v, abs=1e-6), k
+
+
+def encode_images(ctx, images):
+  """All images in one go through the context's (already compiled) image encoder, padded to the batch size."""
+  n, bs = len(images), ctx.batch_size
+  padded = np.concatenate([images, np.zeros((-n % bs,) + images.shape[1:], images.dtype)])
+  out = [ctx.encode_image_batch(jax.device_put(padded[i:i + bs], sharding.batch_sharding(ctx.mesh)))
+         for i in range(0, len(padded), bs)]
+  return np.concatenate(out)[:n]
+
+
+def dense_features(ctx, images, method):
+  """The model's own dense features: float32 [B, h, w, D]."""
+  return jax.jit(lambda p, x: ctx.model.apply({'params': p}, x, method, method='dense_image_features'))(
+      ctx.params, images)
+
+
+def softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_retrieval_skips_bad_records_and_caps_examples(ctx, monkeypatch):
+  records = _validation(ctx)
+  broken = [dict(r) for r in records]
+  broken[4]['image'] = b'not an image'
+  broken[7]['captions'] = ['', ' ']
+  monkeypatch.setattr(retrieval, 'load_source', lambda c, name, split, n: (retrieval.limit_source(broken, n), None))
+  cfg = ctx.config.evals.retrieval
+  with cfg.unlocked():
+    cfg.max_examples = 12
+  try:
+    results = retrieval.evaluate(ctx, cfg)
+  finally:
+    with cfg.unlocked():
+      cfg.max_examples = 0
+  kept = [r for i, r in enumerate(records[:12]) if i not in (4, 7)]
+  spec = ctx.image_spec()
+  zimg = encode_images(ctx, np.stack([spec.eval_view(sources.decode_image(r)) for r in kept]))
+  caps = [sources.decode_captions(r) for r in kept]
+  ztxt = ctx.encode_texts([c for cs in caps for c in cs])
+  owner = np.repeat(np.arange(len(kept)), [len(cs) for cs in caps])
+  expected = metrics.retrieval_recall(zimg @ ztxt.T, owner)
+  for k, v in expected.items():
+    assert results[f'retrieval/shapes/{k}'] == pytest.approx(v, abs=1e-6), k
+
+
+def _reference_confusion(ctx, records, classifier, method):
+  """Independent re-computation of the 'maskclip' prompt-background prediction (no KS / PD): patch features of
+  the model x classifier -> softmax(100 [max bg, fg]) -> bilinear resize -> argmax -> confusion matrix."""
+  spec = ctx.image_spec()
+  images = jnp.asarray(np.stack([spec.eval_view(sources.decode_image(r)) for r in records]))
+  feats = np.asarray(dense_features(ctx, images, method))
+  logits = np.einsum('bhwd,kd->bhwk', feats, classifier)
+  nb = len(ctx.config.evals.dense.background_prompts)
+  logits = np.concatenate([logits[..., :nb].max(-1, keepdims=True), logits[..., nb:]], -1)
+  probs = softmax(100 * logits)
+  size = records[0]['mask'].shape
+  up = jax.image.resize(probs, (len(records), *size, probs.shape[-1]), 'bilinear')
+  pred = np.asarray(jnp.argmax(up, -1))
+  gt = np.stack([r['mask'] for r in records])
+  return metrics.confusion_matrix(pred, gt, 1 + len(shapes.SHAPE_NAMES)), gt
+
+
+def test_dense_sweep_matches_reference_and_writes_overlays(ctx):
+  cfg = ctx.config.evals.dense
+  with cfg.unlocked():
+    cfg.sweep = True
+  try:
+    results = dense.evaluate(ctx, cfg)
+  finally:
+    with cfg.unlocked():
+      cfg.sweep = False
+  records = _validation(ctx)
+  fg = list(shapes.SHAPE_NAMES)
+  templates = dense.templates_lib.get_templates(cfg.templates)
+  classifier, nb = dense.build_classifier(ctx, cfg, fg, templates)
+  assert nb == len(cfg.background_prompts) and classifier.shape == (nb + len(fg), ctx.config.model.embed_dim)
+  conf, gt = _reference_confusion(ctx, records, classifier, 'maskclip')
+  ref = metrics.segmentation_metrics(conf)
+  assert results['dense/shapes/miou'] == pytest.approx(ref['miou'], abs=1e-6)
+  assert results['dense/shapes/pixel_acc'] == pytest.approx(ref['pixel_acc'], abs=1e-6)
+  assert results['dense/shapes/maskclip/miou'] == results['dense/shapes/miou']
+  for name, iou in zip(['background'] + fg, ref['iou']):
+    assert results.get(f'dense/shapes/iou/{name}', np.nan) == pytest.approx(iou, nan_ok=True), name
+  for method in dense.METHODS:
+    for suffix in ('', '_kspd'):
+      assert 0.0 <= results[f'dense/shapes/{method}{suffix}/miou'] <= 1.0
+  # The all-background baseline: IoU(background) = background fraction, 0 for every shape present.
+  bg_frac = np.mean(gt == 0)
+  present = len(np.unique(gt))
+  assert results['dense/shapes/all_background/miou'] == pytest.approx(bg_frac / present)
+  out_dir = os.path.join(ctx.workdir, 'dense_overlays', 'shapes_maskclip')
+  assert sorted(os.listdir(out_dir)) == ['000.png', '001.png', '002.png']
+
+
+def test_dense_batch_fn_plain_and_sliding_windows(ctx):
+  """make_batch_fn: 'maskclip' scores = softmax of the direct logits; sliding windows average the per-window
+  scores on the patch grid (windows of the model size over an image twice as large)."""
+  rng = np.random.default_rng(0)
+  classifier = common.l2_normalize(rng.normal(size=(1 + 8, 32))).astype(np.float32)
+  images = jnp.asarray(rng.normal(size=(2, 48, 48, 3)), jnp.float32)
+  opts = dense.ScoreOptions('prompt', num_bg=1)
+  variants = [dense.Variant('maskclip')]
+  plain = jax.jit(dense.make_batch_fn(ctx.model, variants, opts, patch=8, input_size=32))
+  crop = images[:, 8:40, 16:48]
+  feats = np.asarray(dense_features(ctx, crop, 'maskclip'))
+  direct = softmax(100 * np.einsum('bhwd,kd->bhwk', feats, classifier))
+  np.testing.assert_allclose(plain(ctx.params, crop, classifier)['maskclip'], direct, atol=1e-5)
+
+  slide = jax.jit(dense.make_batch_fn(ctx.model, variants, opts, patch=8, input_size=48, slide_size=32,
+                                      slide_stride=16))
+  got = np.asarray(slide(ctx.params, images, classifier)['maskclip'])
+  assert got.shape == (2, 6, 6, 9)
+  canvas, count = np.zeros((2, 6, 6, 9)), np.zeros((6, 6, 1))
+  for y, x in dense.slide_windows(48, 32, 16):
+    canvas[:, y // 8:y // 8 + 4, x // 8:x // 8 + 4] += np.asarray(
+        plain(ctx.params, images[:, y:y + 32, x:x + 32], classifier)['maskclip'])
+    count[y // 8:y // 8 + 4, x // 8:x // 8 + 4] += 1
+  np.testing.assert_allclose(got, canvas / count, atol=1e-5)

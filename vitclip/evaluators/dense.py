@@ -1,0 +1,387 @@
+"""MaskCLIP-style dense probing: training-free semantic segmentation with the text classifier on patch features.
+
+Per image: patch features of the image tower (`TwoTower.dense_image_features(images, method)`, L2-normalized)
+· text classifier (class names x templates, CLIP ensembling) -> patch logits [h, w, K] -> per-class probabilities
+softmax(temperature · logits) -> optional Prompt Denoising and Key Smoothing -> bilinear upsampling to the
+ground-truth mask size -> argmax -> confusion matrix -> mIoU.
+
+Methods (how the last ViT block computes, see vitclip.models.layers.BLOCK_MODES): 'none' (plain last-layer
+patch tokens), 'maskclip' (Zhou et al. 2022: v -> out-projection -> residual -> MLP), 'reduced' (no MLP),
+'sclip' (q-q + k-k attention), 'clearclip' (q-q attention, no residual / MLP).
+
+Refinements of MaskCLIP (Zhou et al. 2022), at patch level, per image (per window with sliding windows):
+  * Prompt Denoising (PD): drop foreground class c if max over positions of softmax(100·logits)[c] < 0.5.
+  * Key Smoothing (KS): pred_i = (1/N) Σ_j cos(k_i, k_j) pred_j over the N patches, k = the last block's keys.
+    Each patch's key vector is L2-normalized over its channels, so the weight is the true cosine between
+    patches. (The official code calls F.normalize(k) on [N, HW, C], which normalizes each channel over the
+    patches, i.e. the wrong axis.) The 1/N keeps identical keys an average; it does not change the argmax.
+Background (class 0) is either
+  * 'prompt': one classifier row per name in `background_prompts` (each formatted with the templates); the
+    background logit is the max over those rows (several background "classes" merged into one, as MaskCLIP
+    and SCLIP do for VOC), or
+  * 'threshold': no background text; background where the max foreground probability < `bg_threshold`
+    (implemented as a constant score column, so KS smooths it like every other class).
+Upsampling: the per-class scores (probabilities after PD / KS) are upsampled bilinearly (half-pixel centres,
+as F.interpolate(align_corners=False)), never the argmax.
+
+Images are resized to `input_size` (0: the model resolution). With `slide_size` > 0 the resized image is cut
+into overlapping `slide_size` windows at `slide_stride`; each window goes through the model (the ViT
+interpolates its position embeddings when `slide_size` differs from the training resolution) and its patch
+scores are averaged where windows overlap (mmseg's slide inference, but averaged on the patch grid before the
+one upsampling instead of per window after it: input_size, slide_size and slide_stride must be multiples of the
+patch size; this keeps the scores small, [B, S / patch, S / patch, 1 + C]).
+
+With `sweep`, every method x (KS+PD off, on) is computed from one jit'd function per batch (the shared trunk
+of the image tower is deduplicated by XLA's common-subexpression elimination) and reported as
+`dense/<dataset>/<method>[_kspd]/miou`, next to `dense/<dataset>/all_background/miou` (the trivial baseline).
+"""
+
+import dataclasses
+import logging
+import re
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitclip import sharding
+from vitclip.data import sources
+from vitclip.evaluators import common, metrics, overlays, retrieval, zeroshot, templates as templates_lib
+from vitclip.models.variants import decode_variant
+
+METHODS = ('none', 'maskclip', 'reduced', 'sclip', 'clearclip')
+BACKGROUNDS = ('prompt', 'threshold')
+BACKGROUND_NAME = 'background'
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One way to compute a prediction: a dense-feature method plus the MaskCLIP refinements."""
+  method: str
+  key_smoothing: bool = False
+  prompt_denoising: bool = False
+
+  @property
+  def name(self) -> str:
+    suffix = {(True, True): '_kspd', (True, False): '_ks', (False, True): '_pd', (False, False): ''}
+    return self.method + suffix[(self.key_smoothing, self.prompt_denoising)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+  """How patch logits become per-class scores (see the module docstring).
+
+  num_bg: leading background rows of the classifier ('prompt'; 0 for 'threshold').
+  """
+  background: str = 'prompt'
+  num_bg: int = 1
+  temperature: float = 100.0
+  pd_threshold: float = 0.5
+  bg_threshold: float = 0.5
+
+
+# ------------------------------------------------------------------------------- patch-level refinements
+
+
+def masked_softmax(logits: jax.Array, keep: jax.Array) -> jax.Array:
+  """softmax over the last axis restricted to `keep` (broadcastable bool); all-dropped rows give zeros.
+
+  logits: float [..., K] -> float32 [..., K].
+  """
+  logits = jnp.where(keep, logits.astype(jnp.float32), -jnp.inf)
+  peak = jnp.max(logits, axis=-1, keepdims=True)
+  e = jnp.where(keep, jnp.exp(logits - jnp.where(jnp.isfinite(peak), peak, 0.)), 0.)
+  return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
+
+
+def prompt_denoising_keep(probs: jax.Array, threshold: float) -> jax.Array:
+  """PD: which classes an image keeps. probs: float [B, N, C] per-patch class probabilities ->
+  bool [B, 1, C], True where the class reaches `threshold` at some position."""
+  return jnp.max(probs, axis=1, keepdims=True) >= threshold
+
+
+def key_smoothing(scores: jax.Array, keys: jax.Array) -> jax.Array:
+  """KS: scores [B, N, C], keys [B, N, W] -> [B, N, C], out_i = (1/N) Σ_j cos(k_i, k_j) scores_j.
+
+  Keys are L2-normalized per patch over the W channels (a true cosine between patches).
+  """
+  k = common.jnp_l2_normalize(keys.astype(jnp.float32), axis=-1)
+  weights = jnp.einsum('bnw,bmw->bnm', k, k, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum('bnm,bmc->bnc', weights, scores, precision=jax.lax.Precision.HIGHEST) / keys.shape[1]
+
+
+def class_scores(logits: jax.Array, keys: jax.Array | None, opts: ScoreOptions, *, ks: bool,
+                 pd: bool) -> jax.Array:
+  """Patch logits -> per-class scores with background at index 0.
+
+  Args:
+    logits: float [B, h, w, K] cosine similarities; K = opts.num_bg background rows, then C foreground.
+    keys: float [B, h, w, W] keys of the last block (needed when ks).
+    opts: background handling, temperature and thresholds.
+    ks / pd: apply Key Smoothing / Prompt Denoising.
+
+  Returns:
+    float32 [B, h, w, 1 + C]: probabilities (prompt) or [bg_threshold, foreground probabilities] (threshold),
+    smoothed when ks. The argmax is the prediction.
+  """
+  b, h, w, _ = logits.shape
+  x = logits.reshape(b, h * w, -1).astype(jnp.float32) * opts.temperature
+  if opts.background == 'prompt':
+    x = jnp.concatenate([jnp.max(x[..., :opts.num_bg], axis=-1, keepdims=True), x[..., opts.num_bg:]], -1)
+    fg = jnp.arange(x.shape[-1]) > 0
+    probs = jax.nn.softmax(x, axis=-1)
+    if pd:  # The background is never dropped, so every row keeps a finite softmax.
+      keep = prompt_denoising_keep(probs, opts.pd_threshold) | ~fg
+      probs = masked_softmax(x, keep)
+  elif opts.background == 'threshold':
+    probs = jax.nn.softmax(x, axis=-1)
+    if pd:
+      probs = masked_softmax(x, prompt_denoising_keep(probs, opts.pd_threshold))
+    probs = jnp.concatenate([jnp.full((b, h * w, 1), opts.bg_threshold, jnp.float32), probs], -1)
+  else:
+    raise ValueError(f'config.evals.dense.background={opts.background!r}; use one of {BACKGROUNDS}.')
+  if ks:
+    if keys is None:
+      raise ValueError('key smoothing needs the keys of the last block.')
+    probs = key_smoothing(probs, keys.reshape(b, h * w, -1))
+  return probs.reshape(b, h, w, -1)
+
+
+def slide_windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
+  """Top-left corners (y, x) of the windows covering a size x size image (mmseg's slide inference grid:
+  windows every `stride`, the last one flush with the border)."""
+  n = max(size - window + stride - 1, 0) // stride + 1
+  starts = sorted({min(i * stride, size - window) for i in range(n)})
+  return [(y, x) for y in starts for x in starts]
+
+
+def upsample_argmax(scores: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """scores float [..., h, w, K] -> int32 [..., H, W]: bilinear upsampling to `size`, argmax over K."""
+  if tuple(scores.shape[-3:-1]) != tuple(size):
+    scores = jax.image.resize(scores, (*scores.shape[:-3], *size, scores.shape[-1]), method='bilinear')
+  return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+
+_upsample_argmax_jit = jax.jit(upsample_argmax, static_argnums=1)
+
+
+# ---------------------------------------------------------------------------------------- the batch step
+
+
+def patch_logits(model, params, images: jax.Array, classifier: jax.Array, method: str) -> jax.Array:
+  """images float [B, H, W, 3], classifier float32 [K, D] (L2-normalized rows) ->
+  float32 [B, H / patch, W / patch, K] cosine similarities of every patch feature with every class."""
+  feats = model.apply({'params': params}, images, method, method='dense_image_features')
+  return jnp.einsum('bhwd,kd->bhwk', feats.astype(jnp.float32), classifier.astype(jnp.float32))
+
+
+def dense_image_keys(model, params, images: jax.Array) -> jax.Array:
+  """images float [B, H, W, 3] -> float32 [B, H / patch, W / patch, width]: the last block's keys per patch."""
+  return model.apply({'params': params}, images, method='dense_image_keys').astype(jnp.float32)
+
+
+def make_batch_fn(model, variants: Sequence[Variant], opts: ScoreOptions, *, patch: int, input_size: int,
+                  slide_size: int = 0, slide_stride: int = 0):
+  """Returns fn(params, images [B, S, S, 3], classifier [K, D]) -> {variant.name: float32 [B, g, g, 1 + C]},
+  g = S / patch: the per-class scores of every patch.
+
+  Every variant comes from one trace (one compiled function per batch shape): each method's dense features
+  are computed once, the keys once if any variant smooths. With sliding windows (S, slide_size and
+  slide_stride multiples of `patch`) each window is scored on its own (PD and KS per window, as mmseg runs the
+  whole head per crop) and overlapping windows are averaged on the patch grid.
+  """
+  methods = sorted({v.method for v in variants}, key=METHODS.index)
+  need_keys = any(v.key_smoothing for v in variants)
+
+  def scores_of(params, images, classifier):
+    logits = {m: patch_logits(model, params, images, classifier, m) for m in methods}
+    keys = dense_image_keys(model, params, images) if need_keys else None
+    return {v.name: class_scores(logits[v.method], keys, opts, ks=v.key_smoothing, pd=v.prompt_denoising)
+            for v in variants}
+
+  if not slide_size:
+    return scores_of
+  windows = slide_windows(input_size, slide_size, slide_stride)
+  g, wg = input_size // patch, slide_size // patch  # Image and window sizes in patches.
+  count = np.zeros((g, g, 1), np.float32)
+  for y, x in windows:
+    count[y // patch:y // patch + wg, x // patch:x // patch + wg] += 1
+
+  def slide(params, images, classifier):
+    b = images.shape[0]
+    crops = jnp.stack([images[:, y:y + slide_size, x:x + slide_size] for y, x in windows], axis=1)
+    crops = crops.reshape(b * len(windows), slide_size, slide_size, images.shape[-1])  # Batch-major.
+    out = {}
+    for name, s in scores_of(params, crops, classifier).items():
+      s = s.reshape(b, len(windows), wg, wg, s.shape[-1])
+      canvas = jnp.zeros((b, g, g, s.shape[-1]), jnp.float32)
+      for i, (y, x) in enumerate(windows):
+        canvas = canvas.at[:, y // patch:y // patch + wg, x // patch:x // patch + wg].add(s[:, i])
+      out[name] = canvas / count
+    return out
+
+  return slide
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+
+
+def parse_dataset(spec: str, default_feature: str) -> tuple[str, str]:
+  """'name' -> (name, default mask feature); 'name:feature' -> (name, feature). A trailing ':1.2.3' is a
+  version (part of the name), not a feature."""
+  name, sep, feature = spec.rpartition(':')
+  if not sep or re.match(r'^\d+\.\d+\.\d+$', feature):
+    return spec, default_feature
+  return name, feature
+
+
+def foreground_names(cfg, info, name: str) -> list[str]:
+  """Class names of mask values 1..C: a file in `cfg.classnames_files[name]`, else SHAPE_NAMES for the shapes
+  world, else the ClassLabel feature `cfg.class_feature`; `cfg.aliases` applies to all."""
+  has_file = 'classnames_files' in cfg and cfg.classnames_files.get(name, '')
+  if sources.parse_name(name)[0] == 'shapes' and not has_file:
+    from vitclip.data import shapes
+    aliases = dict(kv.split('=', 1) for kv in cfg.aliases.split(',') if '=' in kv) if 'aliases' in cfg else {}
+    return [aliases.get(n, n).replace('_', ' ') for n in shapes.SHAPE_NAMES]
+  return zeroshot.classnames_for(cfg, info, name, cfg.class_feature)
+
+
+def build_classifier(ctx, cfg, fg_names: Sequence[str], templates: Sequence[str]) -> tuple[np.ndarray, int]:
+  """-> (float32 [K, D] classifier: background rows ('prompt' only) then one row per foreground class,
+  number of background rows)."""
+  fg = zeroshot.build_classifier(ctx, fg_names, templates)
+  if cfg.background == 'threshold':
+    return fg, 0
+  prompts = list(cfg.background_prompts)
+  if not prompts:
+    raise ValueError('config.evals.dense.background="prompt" needs at least one background_prompts entry '
+                     '(or use background="threshold").')
+  bg = zeroshot.build_classifier(ctx, prompts, templates)
+  return np.concatenate([bg, fg]).astype(np.float32), len(prompts)
+
+
+def check_config(cfg, model_size: int, patch: int) -> tuple[int, int, int]:
+  """Validates the dense settings; returns (input_size, slide_size, slide_stride)."""
+  if cfg.method not in METHODS:
+    raise ValueError(f'config.evals.dense.method={cfg.method!r}; use one of {METHODS}.')
+  if cfg.background not in BACKGROUNDS:
+    raise ValueError(f'config.evals.dense.background={cfg.background!r}; use one of {BACKGROUNDS}.')
+  input_size = cfg.input_size or model_size
+  slide_size, stride = cfg.slide_size, cfg.slide_stride
+  if slide_size and slide_size >= input_size:
+    slide_size = 0  # One window covers the image: plain inference.
+  if slide_size:
+    if slide_size % patch:
+      raise ValueError(f'config.evals.dense.slide_size={slide_size} is not a multiple of the patch size {patch}.')
+    if stride <= 0 or stride > slide_size:
+      raise ValueError(f'config.evals.dense.slide_stride={stride}: use 0 < stride <= slide_size ({slide_size}).')
+    if stride % patch:
+      raise ValueError(f'config.evals.dense.slide_stride={stride} is not a multiple of the patch size {patch}.')
+  if input_size % patch:
+    raise ValueError(f'config.evals.dense.input_size={input_size} is not a multiple of the patch size {patch}.')
+  return input_size, slide_size, stride
+
+
+def read_mask(record, feature: str) -> np.ndarray:
+  """record -> int [H, W] class mask (a trailing channel axis of size 1 is dropped)."""
+  if feature not in record:
+    raise KeyError(feature)
+  mask = np.asarray(record[feature])
+  if mask.ndim == 3 and mask.shape[-1] == 1:
+    mask = mask[..., 0]
+  if mask.ndim != 2:
+    raise sources.BadRecordError(f'mask feature {feature!r} has shape {mask.shape}; expected [H, W].')
+  return mask
+
+
+def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float]:
+  model_cfg = ctx.config.model.image
+  patch = decode_variant(model_cfg.variant)['patch_size']
+  input_size, slide_size, slide_stride = check_config(cfg, model_cfg.image_size, patch)
+  templates = templates_lib.get_templates(cfg.templates, 'label')
+
+  name, mask_feature = parse_dataset(spec, cfg.mask_feature)
+  source, info = retrieval.load_source(ctx, name, cfg.split, cfg.max_examples)
+  key = retrieval.metric_name(name)
+  fg_names = foreground_names(cfg, info, name)
+  class_names = [BACKGROUND_NAME] + list(fg_names)
+  num_classes = len(class_names)
+
+  classifier, num_bg = build_classifier(ctx, cfg, fg_names, templates)
+  opts = ScoreOptions(background=cfg.background, num_bg=num_bg, temperature=float(cfg.temperature),
+                      pd_threshold=float(cfg.pd_threshold), bg_threshold=float(cfg.bg_threshold))
+  main = Variant(cfg.method, bool(cfg.key_smoothing), bool(cfg.prompt_denoising))
+  variants = [main]
+  if cfg.sweep:
+    variants += [v for m in METHODS for v in (Variant(m), Variant(m, True, True)) if v != main]
+  batch_fn = jax.jit(make_batch_fn(ctx.model, variants, opts, patch=patch, input_size=input_size,
+                                   slide_size=slide_size, slide_stride=slide_stride),
+                     out_shardings=sharding.batch_sharding(ctx.mesh))
+  classifier = jax.device_put(classifier, sharding.replicated(ctx.mesh))
+
+  image_spec = dataclasses.replace(ctx.image_spec(), size=input_size)
+
+  def convert(record):
+    image = sources.decode_image(record)
+    try:
+      mask = read_mask(record, mask_feature)
+    except KeyError:
+      raise ValueError(f'data set {name!r} has no mask feature {mask_feature!r}; set '
+                       'config.evals.dense.mask_feature (or the dataset entry "name:feature").') from None
+    if mask.shape != image.shape[:2]:
+      raise sources.BadRecordError(f'mask shape {mask.shape} != image shape {image.shape[:2]}.')
+    return {'image': image_spec.eval_view(image)}
+
+  confusions = {v.name: np.zeros((num_classes, num_classes), np.int64) for v in variants}
+  all_bg = np.zeros((num_classes, num_classes), np.int64)
+  shown = []  # (record index, prediction, mask) of the first examples, for the overlays.
+  num_valid = 0
+  for batch, valid in retrieval.indexed_batches(source, convert, ctx):
+    scores = {k: np.asarray(common._gather(v)) for k, v in batch_fn(ctx.params, batch['image'],
+                                                                       classifier).items()}
+    index = retrieval.gather_index(batch)
+    rows = np.flatnonzero(valid)
+    num_valid += len(rows)
+    masks = {int(i): read_mask(source[int(index[i])], mask_feature) for i in rows}
+    # Group the rows by mask size: one upsampling call per size (a single group for fixed-size data sets).
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in rows:
+      groups.setdefault(masks[int(i)].shape, []).append(int(i))
+    for size, group in groups.items():
+      stacked = np.stack([scores[v.name][group] for v in variants])  # [V, n, s, s, 1 + C]
+      preds = np.asarray(_upsample_argmax_jit(stacked, size))  # [V, n, H, W]
+      gt = np.stack([masks[i] for i in group])
+      for v, p in zip(variants, preds):
+        confusions[v.name] += metrics.confusion_matrix(p, gt, num_classes, cfg.ignore_index)
+      all_bg += metrics.confusion_matrix(np.zeros_like(gt), gt, num_classes, cfg.ignore_index)
+      for j, i in enumerate(group):
+        if len(shown) < cfg.num_overlays:
+          shown.append((int(index[i]), preds[0, j], masks[i]))
+  if num_valid < len(source):
+    logging.warning('dense/%s: skipped %d of %d unreadable records.', key, len(source) - num_valid, len(source))
+
+  m = metrics.segmentation_metrics(confusions[main.name])
+  results = {f'dense/{key}/miou': m['miou'], f'dense/{key}/pixel_acc': m['pixel_acc'],
+             f'dense/{key}/mean_acc': m['mean_acc']}
+  for cls, iou in zip(class_names, m['iou']):
+    if not np.isnan(iou):
+      results[f'dense/{key}/iou/{re.sub(r"[^A-Za-z0-9.+-]+", "_", cls)}'] = float(iou)
+  if cfg.sweep:
+    for v in variants:
+      results[f'dense/{key}/{v.name}/miou'] = metrics.segmentation_metrics(confusions[v.name])['miou']
+  results[f'dense/{key}/all_background/miou'] = metrics.segmentation_metrics(all_bg)['miou']
+
+  if shown and ctx.workdir and jax.process_index() == 0:
+    images = [sources.decode_image(source[i]) for i, _, _ in shown]
+    overlays.write_overlays(f'{ctx.workdir}/dense_overlays/{key}_{main.name}', images, [p for _, p, _ in shown],
+                            [g for _, _, g in shown], class_names, cfg.ignore_index)
+  return results
+
+
+def evaluate(ctx: common.EvalContext, cfg) -> dict[str, float]:
+  """Runs every data set of `cfg.datasets` (entries 'name' or 'name:mask_feature')."""
+  results = {}
+  for spec in cfg.datasets:
+    results.update(evaluate_dataset(ctx, cfg, spec))
+  return results

@@ -1,0 +1,163 @@
+"""Vision Transformer image tower (Dosovitskiy et al. 2021) with the CLIP / SigLIP options, and dense features.
+
+images [B, H, W, 3] -> patches [B, h, w, W] (h = H // patch) -> tokens [B, (1 +) h·w, W] -> Encoder
+-> pooled [B, W] -> projection [B, embed_dim].
+
+Layout choices that matter for converted checkpoints:
+  * the learned `pos_embedding` [1, (1 +) N, W] covers the CLS token too (OpenAI CLIP layout; N = grid²);
+  * one final norm (`Transformer/encoder_norm`) over all tokens before pooling. OpenAI's `ln_post` after taking
+    the CLS token is the same function because LayerNorm acts per token.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitclip.models import layers
+from vitclip.models.variants import decode_variant
+
+POOLS = ('tok', 'gap', 'map')
+POSEMBS = ('learn', 'sincos2d')
+# Dense-feature mode -> how the last encoder block computes (see layers.BLOCK_MODES).
+DENSE_MODES = {
+    'none': 'standard', 'plain': 'standard',
+    'maskclip': 'maskclip', 'reduced': 'reduced', 'sclip': 'sclip', 'clearclip': 'clearclip',
+}
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> jax.Array:
+  """Fixed 2-D sin-cos position embedding (big_vision): float32 [1, h·w, width]; width % 4 == 0."""
+  if width % 4:
+    raise ValueError(f'posemb="sincos2d" needs a width divisible by 4, got {width}; use posemb="learn".')
+  y, x = jnp.mgrid[:h, :w]
+  omega = 1. / temperature**(jnp.arange(width // 4) / max(width // 4 - 1, 1))
+  y = jnp.einsum('m,d->md', y.flatten(), omega)
+  x = jnp.einsum('m,d->md', x.flatten(), omega)
+  return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)[None].astype(jnp.float32)
+
+
+def resize_posemb(posemb: jax.Array, h: int, w: int) -> jax.Array:
+  """Bilinearly resizes a square grid of position embeddings [1, g·g, W] to [1, h·w, W]."""
+  g = math.isqrt(posemb.shape[1])
+  if g * g != posemb.shape[1]:
+    raise ValueError(f'Cannot resize a position embedding of {posemb.shape[1]} tokens: not a square grid.')
+  if (g, g) == (h, w):
+    return posemb
+  grid = posemb.reshape(g, g, -1)
+  return jax.image.resize(grid, (h, w, grid.shape[-1]), method='bilinear').reshape(1, h * w, -1)
+
+
+class VisionTransformer(nn.Module):
+  """ViT image tower. Fields mirror `config.model.image` plus the shared model settings."""
+  variant: str = 'B/16'
+  image_size: int = 224  # Sets the learned position embedding grid; other sizes interpolate it.
+  posemb: str = 'learn'
+  cls_token: bool = True
+  ln_pre: bool = False
+  pool: str = 'tok'
+  act: str = 'gelu'
+  ln_eps: float = 1e-6
+  patch_bias: bool = True
+  head: str = 'linear'
+  head_bias: bool = False
+  embed_dim: int = 512
+  dtype: layers.Dtype = 'float32'
+  remat_policy: str = 'none'
+  scan: bool = False
+
+  @nn.compact
+  def __call__(self, images, *, dense_mode=None):
+    """Embeds images (not normalized).
+
+    Args:
+      images: [B, H, W, 3] float. Like a VALID convolution, rows / columns beyond a multiple of the patch
+        size are ignored (SigLIP So400m/14 at 384 px: 27 x 27 patches).
+      dense_mode: None for the pooled embedding, a key of `DENSE_MODES` for per-patch features, or 'keys'
+        for the last block's per-patch attention keys (see `dense_keys`).
+
+    Returns:
+      [B, embed_dim] (dense_mode None), [B, H // patch, W // patch, embed_dim] (dense modes) or
+      [B, H // patch, W // patch, width] ('keys'), in the computation dtype.
+    """
+    v = self._hparams()
+    x, (h, w) = self._embed(images, v)
+    encoder = layers.Encoder(
+        depth=v['depth'], num_heads=v['num_heads'], mlp_dim=v['mlp_dim'], act=self.act, ln_eps=self.ln_eps,
+        dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan, name='Transformer')
+    if dense_mode == 'keys':
+      k = encoder.last_block_keys(x)
+      k = k[:, 1:] if self.cls_token else k
+      return k.reshape(k.shape[0], h, w, -1)
+    if dense_mode is not None:
+      if dense_mode not in DENSE_MODES:
+        raise ValueError(f'Unknown dense feature mode {dense_mode!r}; use one of {sorted(DENSE_MODES)}.')
+      x = encoder(x, last_block_mode=DENSE_MODES[dense_mode])
+      x = x[:, 1:] if self.cls_token else x  # Pooling is ignored: every patch token goes through the head.
+      return self._project(x).reshape(x.shape[0], h, w, -1)
+    x = encoder(x)
+    if self.pool == 'tok':
+      x = x[:, 0]
+    elif self.pool == 'gap':
+      x = jnp.mean(x[:, 1:] if self.cls_token else x, axis=1)
+    else:
+      x = layers.MAPHead(v['num_heads'], v['mlp_dim'], self.act, self.ln_eps, self.dtype, name='MAPHead_0')(x)
+    return self._project(x)
+
+  def dense_features(self, images, mode='maskclip'):
+    """images [B, H, W, 3] -> patch features [B, H // patch, W // patch, embed_dim] (not normalized).
+
+    mode: 'none' / 'plain' (last-layer patch tokens), 'maskclip', 'reduced', 'sclip' or 'clearclip'
+    (how the last block computes; see layers.BLOCK_MODES). The CLS token is dropped.
+    """
+    return self(images, dense_mode=mode)
+
+  def dense_keys(self, images):
+    """images [B, H, W, 3] -> [B, H // patch, W // patch, width]: the last block's attention keys per patch
+    (heads merged), for MaskCLIP's key smoothing. The CLS token is dropped."""
+    return self(images, dense_mode='keys')
+
+  def _hparams(self) -> dict:
+    """Decoded variant, after checking the options that do not depend on the input."""
+    v = decode_variant(self.variant)
+    if 'patch_size' not in v:
+      raise ValueError(f'Image variant {self.variant!r} has no patch size; use e.g. "B/16".')
+    if self.pool not in POOLS:
+      raise ValueError(f'Unknown image pool {self.pool!r}; use one of {POOLS}.')
+    if self.pool == 'tok' and not self.cls_token:
+      raise ValueError('pool="tok" pools the CLS token but cls_token=False; set cls_token=True or use '
+                       'pool="gap" / "map".')
+    if self.posemb not in POSEMBS:
+      raise ValueError(f'Unknown image posemb {self.posemb!r}; use one of {POSEMBS}.')
+    layers.check_head(self.head, v['width'], self.embed_dim, 'image')
+    return v
+
+  def _embed(self, images, v):
+    """images [B, H, W, 3] -> (tokens [B, (1 +) h·w, W] in the computation dtype, (h, w))."""
+    p, width = v['patch_size'], v['width']
+    if images.ndim != 4 or images.shape[1] < p or images.shape[2] < p:
+      raise ValueError(f'Images of shape {images.shape} must be [B, H, W, C] with H, W >= patch size {p}.')
+    dtype = layers.canonical_dtype(self.dtype)
+    x = nn.Conv(width, (p, p), strides=(p, p), padding='VALID', use_bias=self.patch_bias, dtype=dtype,
+                param_dtype=jnp.float32, name='embedding')(images.astype(dtype))
+    b, h, w, _ = x.shape
+    x = x.reshape(b, h * w, width)
+    cls = self.param('cls', nn.initializers.zeros, (1, 1, width), jnp.float32) if self.cls_token else None
+    if self.posemb == 'learn':
+      grid = self.image_size // p
+      n_extra = int(self.cls_token)
+      pos = self.param('pos_embedding', nn.initializers.normal(stddev=width**-0.5),
+                       (1, n_extra + grid * grid, width), jnp.float32)
+      pos_cls, pos_grid = pos[:, :n_extra], resize_posemb(pos[:, n_extra:], h, w)
+    else:  # The CLS token gets no position embedding (big_vision).
+      pos_cls, pos_grid = jnp.zeros((1, int(self.cls_token), width)), posemb_sincos_2d(h, w, width)
+    x = x + pos_grid.astype(dtype)
+    if cls is not None:
+      x = jnp.concatenate([jnp.broadcast_to((cls + pos_cls).astype(dtype), (b, 1, width)), x], axis=1)
+    if self.ln_pre:  # OpenAI CLIP normalizes the embedded tokens before the encoder.
+      x = nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name='ln_pre')(x)
+    return x, (h, w)
+
+  def _project(self, x):
+    return layers.projection_head(x, self.head, self.embed_dim, self.head_bias, self.dtype)
