@@ -41,7 +41,8 @@ def clamp_logit_scale(params, t_max: float):
 
 
 def global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  norm = getattr(getattr(optax, 'tree', None), 'norm', None) or optax.global_norm  # optax.tree: >= 0.2.5
+  return norm(tree)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule, config, mesh,
