@@ -88,12 +88,7 @@ def test_eval_cli_writes_results(uninterrupted, data_dir):
   workdir, results = uninterrupted
   os.remove(os.path.join(workdir, 'eval_results.json'))
   proc = subprocess.run(
-      [sys.executable, 'eval.py', '--config', 'configs/shapes.py', '--workdir', workdir,
-       f'--config.data.data_dir={data_dir}', '--config.data.shapes.image_size=32',
-       '--config.data.shapes.num_train=512', '--config.data.shapes.num_validation=64',
-       '--config.data.shapes.num_test=64', '--config.model.image.variant=micro/8',
-       '--config.model.image.image_size=32', '--config.model.text.variant=micro', '--config.model.text.max_len=12',
-       '--config.model.embed_dim=32', '--config.evals.batch_size=32', "--config.evals.zeroshot.datasets=('shapes',)"],
+      [sys.executable, 'eval.py', '--config', f'tests/tiny.py:{data_dir}', '--workdir', workdir],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,3 +26,8 @@ def tiny_config(data_dir: str, **overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+def get_config(arg=None):
+  """As a config file: `--config tests/tiny.py:DATA_DIR`."""
+  return tiny_config(arg or '')

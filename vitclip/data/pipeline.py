@@ -121,8 +121,9 @@ def make_train_iterator(config, tokenize: Callable[[list[str]], np.ndarray], mes
                      f'{jax.process_count()} processes.')
   skipped = SkipCounter()
   ds = grain.MapDataset.source(source).seed(config.data.shuffle_buffer_seed).shuffle().repeat()
-  ds = ds[jax.process_index()::jax.process_count()]
+  # Augmentation randomness is keyed by the global position, so it is the same for any process count.
   ds = ds.random_map(TrainExample(ImageSpec.from_config(config, train=True), tokenize, skipped))
+  ds = ds[jax.process_index()::jax.process_count()]
   read = grain.ReadOptions(num_threads=max(1, config.data.num_workers), prefetch_buffer_size=config.data.prefetch
                            * config.batch_size // jax.process_count())
   it = ds.to_iter_dataset(read).batch(config.batch_size // jax.process_count(), drop_remainder=True)
