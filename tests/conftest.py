@@ -8,7 +8,9 @@ import os
 import sys
 
 _flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
-os.environ['XLA_FLAGS'] = ' '.join(_flags + ['--xla_force_host_platform_device_count=8'])
+# Tiny programs: XLA's backend optimizations cost more compile time than they save at run time.
+os.environ['XLA_FLAGS'] = ' '.join(_flags + ['--xla_force_host_platform_device_count=8',
+                                             '--xla_backend_optimization_level=0'])
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # `configs` is a top-level package next to `vitclip`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

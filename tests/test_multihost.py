@@ -19,7 +19,7 @@ def free_port() -> int:
 
 def launch(workdir, data_dir, devices, extra=()):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0'}
   cmd = [sys.executable, 'train.py', '--config', f'tests/tiny.py:{data_dir}', '--workdir', workdir,
          '--config.total_steps=6', '--config.ckpt_every=3', *extra]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
