@@ -333,3 +333,12 @@ def test_dense_batch_fn_plain_and_sliding_windows(ctx):
         plain(ctx.params, images[:, y:y + 32, x:x + 32], classifier)['maskclip'])
     count[y // 8:y // 8 + 4, x // 8:x // 8 + 4] += 1
   np.testing.assert_allclose(got, canvas / count, atol=1e-5)
+
+
+def test_templates_from_the_command_line_string():
+  from vitclip.evaluators import templates
+  assert templates.get_templates('a photo of a {}.| a satellite photo of a {}. ') == (
+      'a photo of a {}.', 'a satellite photo of a {}.')
+  assert len(templates.get_templates('clip80')) == 80 and len(templates.get_templates('clip7')) == 7
+  with pytest.raises(ValueError, match='unknown'):
+    templates.get_templates('clip81')

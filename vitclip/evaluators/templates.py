@@ -39,9 +39,13 @@ def shapes_color_templates() -> tuple[str, ...]:
 
 
 def get_templates(spec, feature: str = 'label') -> tuple[str, ...]:
-  """A set name ('clip80' | 'clip7' | 'none' | 'shapes') or an explicit sequence of templates."""
+  """A set name ('clip80' | 'clip7' | 'none' | 'shapes'), an explicit sequence of templates, or templates joined
+  by '|' (a string, so it can be given on the command line: --config.evals.zeroshot.templates='a {}.|a {} photo.').
+  """
   if not isinstance(spec, str):
     templates = tuple(spec)
+  elif '{}' in spec:
+    templates = tuple(t.strip() for t in spec.split('|') if t.strip())
   elif spec == 'shapes':
     templates = shapes_color_templates() if feature == 'color' else SHAPES
   else:
