@@ -23,7 +23,7 @@ Every image is decoded with PIL before it is written. Unreadable or corrupt imag
 lines, empty or non-UTF-8 captions are skipped and counted in the printed report, never fatal. With
 --image_size > 0 images are resized so that their shorter side is at most that size and stored as JPEG.
 The import is deterministic and idempotent: it builds into a temporary directory and then replaces the
-previous import of the same name.
+previous import of the same name. --data_dir must be local (copy the result to remote storage afterwards).
 """
 
 import argparse

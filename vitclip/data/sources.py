@@ -17,7 +17,6 @@ import fcntl
 import io
 import os
 import re
-import shutil
 import tempfile
 import zlib
 
@@ -67,23 +66,22 @@ def _fix_hint(dataset: str, data_dir: str) -> str:
           '--file_format=array_record`; or point config.data.data_dir / $TFDS_DATA_DIR at the right directory.')
 
 
-def _is_version_dir(path: str) -> bool:
-  return _VERSION_RE.match(os.path.basename(path)) is not None and os.path.isfile(
-      os.path.join(path, 'dataset_info.json'))
+def _is_version_dir(path: epath.Path) -> bool:
+  return _VERSION_RE.match(path.name) is not None and (path / 'dataset_info.json').exists()
 
 
-def _versions(path: str) -> list[str]:
-  if not os.path.isdir(path):
+def _versions(path: epath.Path) -> list[str]:
+  if not path.is_dir():
     return []
-  found = [v for v in os.listdir(path) if _is_version_dir(os.path.join(path, v))]
+  found = [p.name for p in path.iterdir() if _is_version_dir(p)]
   return sorted(found, key=lambda v: tuple(int(x) for x in v.split('.')))
 
 
-def _configs(path: str) -> list[str]:
-  if not os.path.isdir(path):
+def _configs(path: epath.Path) -> list[str]:
+  if not path.is_dir():
     return []
-  return sorted(c for c in os.listdir(path)
-                if not c.startswith('.') and not _VERSION_RE.match(c) and _versions(os.path.join(path, c)))
+  return sorted(p.name for p in path.iterdir()
+                if not p.name.startswith('.') and not _VERSION_RE.match(p.name) and _versions(p))
 
 
 def find_builder_dir(name: str, data_dir: str, **shapes_settings) -> str:
@@ -96,7 +94,7 @@ def find_builder_dir(name: str, data_dir: str, **shapes_settings) -> str:
   dataset, config, version = parse_name(name)
   if dataset in GENERATED and config is None and shapes_settings:
     dataset, config, _ = parse_name(shapes_name(**shapes_settings))
-  root = os.path.join(data_dir, dataset)
+  root = epath.Path(data_dir) / dataset
   if config is None and not _versions(root):
     configs = _configs(root)
     if len(configs) == 1:
@@ -106,7 +104,7 @@ def find_builder_dir(name: str, data_dir: str, **shapes_settings) -> str:
               if dataset in GENERATED else '')
       raise ValueError(f'data set {dataset!r} has several prepared configs in {root}: {configs}; name one, '
                        f'e.g. "{dataset}/{configs[0]}"{hint}.')
-  path = os.path.join(root, config) if config else root
+  path = root / config if config else root
   versions = _versions(path)
   if version is None and versions:
     version = versions[-1]
@@ -114,9 +112,9 @@ def find_builder_dir(name: str, data_dir: str, **shapes_settings) -> str:
     what = f'{dataset}' + (f'/{config}' if config else '') + (f':{version}' if version else '')
     found = f' (found versions {versions})' if versions else ''
     raise FileNotFoundError(f'data set {what!r} is not prepared in data dir {data_dir!r}: no '
-                            f'{os.path.join(path, version or "<version>")}/dataset_info.json{found}. '
+                            f'{path / (version or "<version>")}/dataset_info.json{found}. '
                             + _fix_hint(dataset, data_dir))
-  return os.path.join(path, version)
+  return os.fspath(path / version)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -381,7 +379,11 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 @contextlib.contextmanager
 def file_lock(path: str):
   """Exclusive advisory lock on `path` (created if needed); held until the block exits. Serialises builds by
-  several processes on one machine."""
+  several processes on one machine. No-op for remote paths (gs://...): there TFDS's write-to-temporary-then-rename
+  is the only protection, and train.py builds on process 0 only anyway."""
+  if '://' in path:
+    yield
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'a') as f:
     fcntl.flock(f, fcntl.LOCK_EX)
@@ -406,18 +408,16 @@ def prepare(name: str, data_dir: str, **shapes_settings) -> str:
   if config not in (None, builder_config.name) or version not in (None, str(shapes.Shapes.VERSION)):
     raise ValueError(f'prepare({name!r}): the config/version in the name does not match the settings '
                      f'{shapes_settings} -> {builder_config.name}:{shapes.Shapes.VERSION}.')
-  root = os.path.join(data_dir, dataset, builder_config.name)
-  final = os.path.join(root, str(shapes.Shapes.VERSION))
-  if _is_version_dir(final):
-    return final
-  with file_lock(os.path.join(data_dir, dataset, f'.{builder_config.name}.lock')):
-    if _is_version_dir(final):  # Built by another process while we waited.
-      return final
-    for stale in os.listdir(root) if os.path.isdir(root) else ():
-      if stale.startswith('incomplete.'):  # Left by a build that crashed; nobody else builds (we hold the lock).
-        shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
-    shapes.Shapes(config=builder_config, data_dir=data_dir, file_format='array_record').build()
-  return final
+  root = epath.Path(data_dir) / dataset / builder_config.name
+  final = root / str(shapes.Shapes.VERSION)
+  if not _is_version_dir(final):
+    with file_lock(os.path.join(data_dir, dataset, f'.{builder_config.name}.lock')):
+      if not _is_version_dir(final):  # Else another process built it while we waited.
+        for stale in root.iterdir() if root.is_dir() else ():
+          if stale.name.startswith('incomplete.'):  # A crashed build's; nobody else builds (we hold the lock).
+            stale.rmtree(missing_ok=True)
+        shapes.Shapes(config=builder_config, data_dir=data_dir, file_format='array_record').build()
+  return os.fspath(final)
 
 
 @contextlib.contextmanager
