@@ -8,6 +8,7 @@ import pytest  # pylint: disable=wrong-import-position
 
 from configs import base, shapes
 from vitclip import config as config_lib
+from tests.tiny import override
 from vitclip.config import ConfigError
 
 
@@ -50,13 +51,7 @@ def test_bad_mesh(spec, fragment):
 
 
 def _validate(tmp_path, num_devices=8, **overrides):
-  c = shapes.get_config()
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c = override(shapes.get_config(), **overrides)
   config_lib.validate(config_lib.resolve(c), str(tmp_path / 'work'), num_devices=num_devices, check_data=True)
 
 

@@ -10,6 +10,7 @@ import pytest
 from scipy.special import erf
 
 from configs import base
+from tests.tiny import override
 from vitclip.models import TextTransformer, VisionTransformer, build_model, count_params
 from vitclip.models.layers import Encoder, EncoderBlock
 from vitclip.models.variants import decode_variant
@@ -29,13 +30,7 @@ def micro_config(**overrides):
   c.image.variant, c.image.image_size = 'micro/4', IMG
   c.text.variant, c.text.vocab_size, c.text.max_len = 'micro', VOCAB, LEN
   c.text.eos_id, c.text.pad_id = EOS, PAD
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return override(c, **overrides)
 
 
 def vit(**kw):

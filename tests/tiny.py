@@ -3,6 +3,17 @@
 from configs import shapes
 
 
+def override(c, **overrides):
+  """Sets dotted keys ('model.image.variant') of ConfigDict `c`, as --config.x.y=v does; returns `c`."""
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
 def tiny_config(data_dir: str, **overrides):
   """micro towers at 32 px, a small generated data set under `data_dir`, a few steps."""
   c = shapes.get_config()
@@ -19,13 +30,7 @@ def tiny_config(data_dir: str, **overrides):
   c.ckpt_every = 4
   c.evals.batch_size = 32
   c.evals.zeroshot.datasets = ('shapes',)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return override(c, **overrides)
 
 
 def get_config(arg=None):
