@@ -52,6 +52,18 @@ def abstract_with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def save_params(workdir: str, params, step: int = 0):
+  """Writes a params-only checkpoint `workdir/checkpoints/<step>/state` = {'params': params} (no optimizer state).
+
+  Converted pretrained weights use this layout: `restore_params`, `eval.py` and `config.init_from` read it.
+  """
+  ckpt = Checkpointer(workdir)
+  ckpt.manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave({'params': params})}),
+                    force=True)
+  ckpt.wait()
+  ckpt.close()
+
+
 def restore_params(path: str, abstract_params):
   """Restores only the params of a train-state checkpoint directory `path` (a step dir or a workdir)."""
   ckpt = Checkpointer(path) if not os.path.isdir(os.path.join(path, STATE)) else None
