@@ -70,7 +70,9 @@ def get_config(arg=None):
   c.model.text.vocab_size = 1000  # Set from the tokenizer at run time when a tokenizer is trained.
   c.model.text.max_len = 16
   c.model.text.causal = True
-  c.model.text.pool = 'eos'  # 'eos' | 'last' | 'first' | 'mean' | 'map'
+  c.model.text.mask_pad = True  # Bidirectional: pad keys are masked; False attends to pads too (SigLIP).
+  # 'eos' | 'last' (last non-pad) | 'final' (position L-1, SigLIP) | 'first' | 'mean' | 'map'
+  c.model.text.pool = 'eos'
   c.model.text.eos_id = 2  # Set from the tokenizer at run time; -1: argmax of ids (OpenAI).
   c.model.text.pad_id = 0
   c.model.text.act = 'gelu'

@@ -1,18 +1,38 @@
-"""Text tokenizers: a BPE trained on the training captions, or any existing HF `tokenizer.json`.
+"""Text tokenizers: a BPE trained on the training captions, any existing HF `tokenizer.json` (CLIP's included),
+or a SentencePiece `.model` (SigLIP).
 
-Every tokenizer turns a list of strings into fixed-length int32 ids `[N, max_len]`: start token, pieces,
+Every tokenizer turns a list of strings into fixed-length int32 ids `[N, max_len]`: start token (if any), pieces,
 end token, padding. Over-long texts are truncated *before* the end token so the end token is always present
 (EOS pooling relies on it).
+
+Reproducing pretrained models' tokenizers (ids identical to the HF tokenizers of the same files):
+  * CLIP: `clip_bpe` builds the byte-level BPE of CLIP (NFC, whitespace runs -> ' ', lowercase; CLIP's
+    pre-tokenizer regex; '</w>' word ends), from vocab + merges or from OpenAI's merges file alone. The pad id is
+    stored in the tokenizer.json's `padding` field when it is not the end token (OpenAI pads with 0).
+  * SigLIP: `SentencePieceTokenizer` lowercases, drops ASCII punctuation and collapses whitespace (HF
+    SiglipTokenizer's canonicalisation, from big_vision's prompt engineering), appends EOS, no BOS, pads with
+    the EOS id.
 """
 
 import dataclasses
+import functools
+import gzip
+import json
+import os
+import re
+import string
 from typing import Iterable, Sequence
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 PAD, BOS, EOS, UNK = '[PAD]', '[BOS]', '[EOS]', '[UNK]'
+CLIP_BOS, CLIP_EOS = '<|startoftext|>', '<|endoftext|>'
+# CLIP's word splitting (OpenAI simple_tokenizer; HF CLIPTokenizer): specials, English contractions, letter runs,
+# single digits, runs of other non-space characters.
+CLIP_SPLIT = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+              r"""[^\s\p{L}\p{N}]+""")
 
 
 @dataclasses.dataclass
@@ -57,17 +77,169 @@ class Tokenizer:
     self.tok.save(path)
 
   @classmethod
-  def from_file(cls, path: str, max_len: int) -> 'Tokenizer':
-    """Loads a tokenizer.json; special ids are looked up by the usual names of BPE and CLIP vocabularies."""
+  def from_file(cls, path: str, max_len: int) -> 'Tokenizer | SentencePieceTokenizer':
+    """Loads a tokenizer.json, or a SentencePiece model for a path ending in '.model'.
+
+    Special ids are looked up by the usual names of BPE and CLIP vocabularies. The pad id is the `padding`
+    field's when the file sets one, else '[PAD]' / '<pad>', else the end token (HF CLIP).
+    """
+    if path.endswith(SentencePieceTokenizer.SUFFIX):
+      return SentencePieceTokenizer.from_file(path, max_len)
     tok = tokenizers.Tokenizer.from_file(path)
     find = lambda *names: next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
-    eos = find(EOS, '<|endoftext|>', '</s>', '<eos>')
+    eos = find(EOS, CLIP_EOS, '</s>', '<eos>')
     if eos is None:
       raise ValueError(f'{path}: no end-of-text token ({EOS!r}, "<|endoftext|>", "</s>" or "<eos>") in the '
                        'vocabulary; vitclip pools text at that token.')
-    pad = find(PAD, '<pad>')
+    pad = tok.padding['pad_id'] if tok.padding else find(PAD, '<pad>')
     return cls(tok, max_len, eos_id=eos, pad_id=eos if pad is None else pad,
-               bos_id=find(BOS, '<|startoftext|>', '<s>', '<bos>'))
+               bos_id=find(BOS, CLIP_BOS, '<s>', '<bos>'))
+
+
+@dataclasses.dataclass
+class SentencePieceTokenizer:
+  """Fixed-length encoder around a SentencePiece model, canonicalising text like HF's SiglipTokenizer.
+
+  Attributes:
+    model: the serialized SentencePiece model (the bytes of a `.model` file).
+    max_len: output length L, including the end token.
+    lowercase / strip_punctuation: the canonicalisation (both on for SigLIP).
+    eos_id / pad_id: default to the model's '</s>' id for both (SigLIP pads with EOS).
+  """
+  SUFFIX = '.model'
+
+  model: bytes
+  max_len: int
+  lowercase: bool = True
+  strip_punctuation: bool = True
+  eos_id: int | None = None
+  pad_id: int | None = None
+  bos_id: None = None  # SigLIP has no start token.
+
+  def __post_init__(self):
+    import sentencepiece  # Only needed for this tokenizer kind.
+    self.sp = sentencepiece.SentencePieceProcessor(model_proto=self.model)
+    eos = self.sp.piece_to_id('</s>')
+    if self.eos_id is None:
+      if self.sp.id_to_piece(eos) != '</s>':
+        raise ValueError('The SentencePiece model has no "</s>" piece; pass eos_id explicitly.')
+      self.eos_id = eos
+    self.pad_id = self.eos_id if self.pad_id is None else self.pad_id
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp.get_piece_size()
+
+  def canonicalize(self, text: str) -> str:
+    """Lowercase, drop ASCII punctuation, whitespace runs -> ' ', strip (HF SiglipTokenizer.canonicalize_text)."""
+    if self.lowercase:
+      text = text.lower()
+    if self.strip_punctuation:
+      text = text.translate(_ASCII_PUNCTUATION)
+    return re.sub(r'\s+', ' ', text).strip()
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    """texts: N strings -> int32 [N, max_len]: pieces (truncated to max_len - 1), EOS, pad."""
+    out = np.full((len(texts), self.max_len), self.pad_id, np.int32)
+    for i, ids in enumerate(self.sp.encode([self.canonicalize(t) for t in texts])):
+      ids = ids[:self.max_len - 1] + [self.eos_id]
+      out[i, :len(ids)] = ids
+    return out
+
+  def decode(self, ids: np.ndarray) -> list[str]:
+    """ids: int [N, L] -> N strings (end and pad tokens dropped)."""
+    drop = {self.eos_id, self.pad_id}
+    return [self.sp.decode([int(i) for i in row if int(i) not in drop]) for row in np.asarray(ids)]
+
+  def save(self, path: str):
+    with open(path, 'wb') as f:
+      f.write(self.model)
+
+  @classmethod
+  def from_file(cls, path: str, max_len: int, **kwargs) -> 'SentencePieceTokenizer':
+    with open(path, 'rb') as f:
+      return cls(f.read(), max_len, **kwargs)
+
+
+_ASCII_PUNCTUATION = str.maketrans('', '', string.punctuation)
+
+
+# ------------------------------------------------------------------------------------------- CLIP's BPE
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+  """GPT-2 / CLIP byte -> printable character map, in CLIP's vocabulary order (printable bytes map to
+  themselves; the other 68 bytes to chr(256 + k))."""
+  printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+  others = [b for b in range(256) if b not in printable]
+  return {**{b: chr(b) for b in printable}, **{b: chr(256 + k) for k, b in enumerate(others)}}
+
+
+def clip_vocab_from_merges(merges: Sequence[tuple[str, str]]) -> dict[str, int]:
+  """OpenAI's vocabulary rule: 256 byte characters, the same with '</w>', one token per merge, then
+  '<|startoftext|>' and '<|endoftext|>' (so EOT is the largest id). Returns token -> id."""
+  chars = list(bytes_to_unicode().values())
+  tokens = chars + [c + '</w>' for c in chars] + [a + b for a, b in merges] + [CLIP_BOS, CLIP_EOS]
+  return {t: i for i, t in enumerate(tokens)}
+
+
+def read_merges(path: str, limit: int | None = None) -> list[tuple[str, str]]:
+  """Reads a merges file ('#version' header, then one 'a b' pair a line; '.gz' allowed): the first `limit`."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rt', encoding='utf-8') as f:
+    lines = [line for line in f.read().split('\n') if line and not line.startswith('#version')]
+  pairs = [tuple(line.split()) for line in lines[:limit]]
+  bad = next((line for line, p in zip(lines, pairs) if len(p) != 2), None)
+  if bad is not None:
+    raise ValueError(f'{path}: merges must be "a b" pairs, got {bad!r}.')
+  return pairs
+
+
+def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]], pad_id: int | None = None
+             ) -> tokenizers.Tokenizer:
+  """CLIP's byte-level BPE (same ids as HF CLIPTokenizer built from this vocab and these merges).
+
+  pad_id: stored as the tokenizer's padding (read back by `Tokenizer.from_file`); None pads with EOS like HF.
+  """
+  for special in (CLIP_BOS, CLIP_EOS):
+    if special not in vocab:
+      raise ValueError(f'A CLIP vocabulary needs the {special!r} token.')
+  tok = tokenizers.Tokenizer(models.BPE(vocab=dict(vocab), merges=list(merges), continuing_subword_prefix='',
+                                        end_of_word_suffix='</w>', fuse_unk=False, unk_token=CLIP_EOS))
+  tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '),
+                                         normalizers.Lowercase()])
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior='removed', invert=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False)])
+  tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace('</w>', ' ')])
+  tok.add_special_tokens([CLIP_BOS, CLIP_EOS])
+  if pad_id is not None:
+    tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
+  return tok
+
+
+def load_clip_bpe(path: str, vocab_size: int | None = None, pad_id: int | None = None) -> tokenizers.Tokenizer:
+  """A CLIP BPE from `path`: a tokenizer.json (used as is), a directory holding tokenizer.json or
+  vocab.json + merges.txt, or a merges file alone (OpenAI's bpe_simple_vocab_16e6.txt.gz; the vocabulary
+  follows OpenAI's rule with as many merges as `vocab_size` - 514 allows)."""
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, 'tokenizer.json')):
+      path = os.path.join(path, 'tokenizer.json')
+    elif os.path.exists(os.path.join(path, 'vocab.json')) and os.path.exists(os.path.join(path, 'merges.txt')):
+      with open(os.path.join(path, 'vocab.json'), encoding='utf-8') as f:
+        vocab = json.load(f)
+      return clip_bpe(vocab, read_merges(os.path.join(path, 'merges.txt')), pad_id)
+    else:
+      raise FileNotFoundError(f'{path}: no tokenizer.json and no vocab.json + merges.txt.')
+  if path.endswith('.json'):
+    tok = tokenizers.Tokenizer.from_file(path)
+    if pad_id is not None:
+      tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
+    return tok
+  limit = None if vocab_size is None else vocab_size - 2 * 256 - 2
+  merges = read_merges(path, limit)
+  return clip_bpe(clip_vocab_from_merges(merges), merges, pad_id)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> tokenizers.Tokenizer:

@@ -1,7 +1,7 @@
 """Text transformer tower (CLIP / SigLIP): token ids [B, L] -> embedding [B, embed_dim].
 
-Token + learned position embedding -> Encoder (causal mask, or pad keys masked when bidirectional) ->
-final norm -> pooling -> projection head.
+Token + learned position embedding -> Encoder (causal mask, or pad keys masked when bidirectional unless
+`mask_pad=False`) -> final norm -> pooling -> projection head.
 """
 
 import flax.linen as nn
@@ -10,7 +10,9 @@ import jax.numpy as jnp
 from vitclip.models import layers
 from vitclip.models.variants import decode_variant
 
-POOLS = ('eos', 'last', 'first', 'mean', 'map')
+# 'last': the last non-pad token; 'final': position L - 1 whatever it holds (big_vision / SigLIP, which pad with
+# the EOS id and pool the padded end of the sequence).
+POOLS = ('eos', 'last', 'final', 'first', 'mean', 'map')
 
 
 def last_non_pad(tokens, pad_id: int):
@@ -34,6 +36,7 @@ class TextTransformer(nn.Module):
   vocab_size: int = 32_000
   max_len: int = 16
   causal: bool = True
+  mask_pad: bool = True  # Bidirectional only: pad keys are masked. False: attend everywhere (SigLIP).
   pool: str = 'eos'
   eos_id: int = 2
   pad_id: int = 0
@@ -68,8 +71,10 @@ class TextTransformer(nn.Module):
     not_pad = tokens != self.pad_id  # [B, L]
     if self.causal:  # Pads come after EOS, so causal attention never lets a pooled position see them.
       mask = nn.make_causal_mask(tokens, dtype=jnp.bool_)  # [B, 1, L, L]
-    else:
+    elif self.mask_pad:
       mask = not_pad[:, None, None, :]
+    else:  # big_vision's SigLIP text tower attends to its padding too.
+      mask = None
     x = layers.Encoder(depth=v['depth'], num_heads=v['num_heads'], mlp_dim=v['mlp_dim'], act=self.act,
                        ln_eps=self.ln_eps, dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan,
                        name='Encoder_0')(x, mask)
@@ -79,6 +84,8 @@ class TextTransformer(nn.Module):
       x = x[rows, eos_position(tokens, self.eos_id, self.pad_id)]
     elif self.pool == 'last':
       x = x[rows, last_non_pad(tokens, self.pad_id)]
+    elif self.pool == 'final':
+      x = x[:, -1]
     elif self.pool == 'first':
       x = x[:, 0]
     elif self.pool == 'mean':
