@@ -113,7 +113,12 @@ def get_config(arg=None):
   c.ckpt_every = 500
   c.keep_ckpts = 3
   c.eval_every = 0  # 0: evaluate at the end only.
-  c.init_from = ''  # A converted checkpoint dir to start training from (see vitclip.convert).
+  # Start from the params of a model directory: a converted checkpoint (vitclip.convert) or a vitclip workdir.
+  # The model fields must match DIR/config.json (configs/pretrained.py:DIR,shapes copies them), except
+  # model.image.image_size: the learned image position embedding is resampled to the new grid.
+  # With the text tower loaded and no tokenizer.path, the run uses DIR's tokenizer. See vitclip/init_from.py.
+  c.init_from = ''
+  c.init_from_towers = ''  # Comma-separated top-level params to load: img, txt, t, b. '' = all of this model's.
 
   # ----------------------------------------------------------- evaluation
   c.evals = ml_collections.ConfigDict()

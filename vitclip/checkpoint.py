@@ -10,6 +10,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vitclip.config import ConfigError
+from vitclip.optim import path_str
+
 STATE, DATA = 'state', 'data'
 
 
@@ -64,17 +67,52 @@ def save_params(workdir: str, params, step: int = 0):
   ckpt.close()
 
 
-def restore_params(path: str, abstract_params):
-  """Restores only the params of a train-state checkpoint directory `path` (a step dir or a workdir)."""
-  ckpt = Checkpointer(path) if not os.path.isdir(os.path.join(path, STATE)) else None
-  if ckpt is not None:
-    step = ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint under {ckpt.directory}; train first or name a checkpoint dir.')
-    path = os.path.join(ckpt.directory, str(step))
+def step_dir(path: str) -> str:
+  """`path` if it is a step dir (holds `state/`), else the latest step dir of the workdir `path`."""
+  if os.path.isdir(os.path.join(path, STATE)):
+    return path
+  directory = os.path.join(os.path.abspath(path), 'checkpoints')
+  step = Checkpointer(path).latest_step() if os.path.isdir(directory) else None
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint under {directory}; train first or name a directory that holds '
+                            'checkpoints/<step>/state.')
+  return os.path.join(directory, str(step))
+
+
+def stored_param_shapes(path: str) -> dict[str, tuple[int, ...]]:
+  """'img/embedding/kernel' -> shape of every param saved in the checkpoint at `path` (read from metadata only)."""
   with ocp.StandardCheckpointer() as reader:
-    meta = reader.metadata(os.path.join(path, STATE))
-  del meta
+    meta = reader.metadata(os.path.join(step_dir(path), STATE))
+  tree = getattr(meta, 'item_metadata', meta)  # StepMetadata (newer orbax) or the tree itself.
+  if tree is None or 'params' not in tree:
+    raise ConfigError(f'{step_dir(path)}/{STATE} holds no "params"; write it with checkpoint.save_params or '
+                      'train.py.')
+  return {path_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(tree['params'])}
+
+
+def check_param_shapes(stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str,
+                       fix: str):
+  """Raises one ConfigError naming the first key of `expected` (in order) missing from or shaped differently in
+  `stored`, with its shape in the checkpoint `where`, the expected shape and `fix` (what to do)."""
+  for key, shape in expected.items():
+    if key not in stored:
+      raise ConfigError(f'{where}: param {key!r} (expected shape {shape}) is missing from the checkpoint. {fix}')
+    if tuple(stored[key]) != tuple(shape):
+      raise ConfigError(f'{where}: param {key!r} has shape {tuple(stored[key])} in the checkpoint but the model '
+                        f'expects {tuple(shape)}. {fix}')
+
+
+def restore_params(path: str, abstract_params, fix: str = 'Use the config the checkpoint was written with.'):
+  """Restores only the params of a checkpoint directory `path` (a step dir or a workdir), from a params-only
+  checkpoint (`save_params`) or a full train state, into `abstract_params` (ShapeDtypeStructs carrying the
+  target shardings; a subtree such as {'img': ...} reads only that part).
+
+  Shapes are checked against the checkpoint's metadata first: a missing key or a wrong shape is one ConfigError
+  naming the key and both shapes, followed by `fix`.
+  """
+  path = step_dir(path)
+  expected = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  check_param_shapes(stored_param_shapes(path), expected, path, fix)
   restored = ocp.PyTreeCheckpointer().restore(
       os.path.join(path, STATE),
       args=ocp.args.PyTreeRestore(

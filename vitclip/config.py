@@ -1,5 +1,7 @@
 """Config resolution and validation: every mistake a user can make is reported before anything compiles."""
 
+import copy
+import json
 import math
 import os
 import tempfile
@@ -111,3 +113,66 @@ def validate(config, workdir: str | None = None, *, num_devices: int | None = No
 def data_dir(config) -> str:
   """The TFDS data dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   return os.path.expanduser(config.data.data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+
+
+CONFIG_FILE = 'config.json'  # A run's (or a converted model's) full config, next to its checkpoints.
+TOKENIZER_FILE = 'tokenizer.json'  # The tokenizer a run trained, or a converted model's HF tokenizer.
+
+
+def from_json(path: str, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A config saved as JSON (`trainer.setup` writes `workdir/config.json`) laid over a copy of `base`.
+
+  Keys missing from the file keep `base`'s value; JSON lists become tuples wherever `base` holds tuples (and new
+  keys get tuples), so the result type-checks command-line overrides exactly as `base` does.
+  """
+  with open(path) as f:
+    data = json.load(f)
+  if not isinstance(data, dict):
+    raise ConfigError(f'{path} holds a {type(data).__name__}, not a config object; write it with '
+                      'ConfigDict.to_json_best_effort().')
+  config = copy.deepcopy(base)
+  _merge(config, data, path, prefix='')
+  return config
+
+
+def _merge(node: ml_collections.ConfigDict, data: dict, path: str, prefix: str):
+  for key, value in data.items():
+    current = node.get(key)
+    if isinstance(value, dict) and isinstance(current, ml_collections.ConfigDict):
+      _merge(current, value, path, f'{prefix}{key}.')
+      continue
+    value = ml_collections.ConfigDict(value) if isinstance(value, dict) else _like(current, value)
+    try:
+      with node.unlocked():
+        node[key] = value
+    except TypeError as e:
+      raise ConfigError(f'{path}: {prefix}{key}={value!r} does not fit configs/base.py ({e}); fix the file.') from None
+
+
+def _like(template, value):
+  """JSON value -> the container types of `template` (the base value): tuples stay tuples, lists stay lists."""
+  if not isinstance(value, list):
+    return value
+  inner = template[0] if isinstance(template, (list, tuple)) and template else None
+  items = [_like(inner, v) for v in value]
+  return items if isinstance(template, list) else tuple(items)
+
+
+def load_model_dir(directory: str, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of a model directory: a converted checkpoint (vitclip.convert) or a training workdir.
+
+  `directory/config.json` over `base` (see `from_json`), with `tokenizer.path` made absolute: a relative path
+  names a file in `directory`; '' (a run that trained its tokenizer) means `directory/tokenizer.json`.
+  """
+  directory = os.path.abspath(os.path.expanduser(directory))
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist: a model directory holds config.json, a tokenizer and '
+                            'checkpoints/ (written by train.py or vitclip.convert); check the path.')
+  config = from_json(path, base)
+  tok = os.path.join(directory, os.path.expanduser(config.tokenizer.path or TOKENIZER_FILE))
+  if not os.path.isfile(tok):
+    raise FileNotFoundError(f'{tok} does not exist: {path} names tokenizer.path={config.tokenizer.path!r}; '
+                            'put the tokenizer next to config.json or fix tokenizer.path there.')
+  config.tokenizer.path = tok
+  return config

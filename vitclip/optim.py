@@ -5,6 +5,8 @@ import re
 import jax
 import optax
 
+from vitclip.config import ConfigError
+
 
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
   """Linear warmup to `lr`, then cosine decay to `end_lr_fraction * lr` (or constant)."""
@@ -45,6 +47,13 @@ def make_optimizer(optim_cfg, total_steps: int, params) -> tuple[optax.GradientT
                   weight_decay=optim_cfg.weight_decay, mask=decay_mask),
   )
   if optim_cfg.frozen:
-    labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen_mask(params, optim_cfg.frozen))
+    try:
+      frozen = frozen_mask(params, optim_cfg.frozen)
+    except re.error as e:
+      raise ConfigError(f'config.optim.frozen={optim_cfg.frozen!r} is not a regex ({e}); e.g. "^img/".') from None
+    if not any(jax.tree.leaves(frozen)):  # A typo would otherwise train everything silently.
+      raise ConfigError(f'config.optim.frozen={optim_cfg.frozen!r} matches no parameter path; paths look like '
+                        '"img/Transformer/encoderblock_0/..." or "txt/Embed_0/embedding" (LiT: "^img/").')
+    labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen)
     tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
   return tx, schedule

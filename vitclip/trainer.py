@@ -21,14 +21,14 @@ from absl import logging
 
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
-from vitclip import evaluators, grad_cache, optim, sharding, train_step as train_step_lib
+from vitclip import evaluators, grad_cache, init_from, optim, sharding, train_step as train_step_lib
 from vitclip.data import pipeline, sources
 from vitclip.metrics_writer import MetricsWriter
 from vitclip.models import build_model
 from vitclip.tokenizer import Tokenizer, train_bpe
 
-TOKENIZER_FILE = 'tokenizer.json'
-CONFIG_FILE = 'config.json'
+TOKENIZER_FILE = config_lib.TOKENIZER_FILE
+CONFIG_FILE = config_lib.CONFIG_FILE
 EVAL_RESULTS_FILE = 'eval_results.json'
 
 
@@ -49,10 +49,14 @@ class Run:
     return jax.tree.map(lambda x: x.sharding, self.abstract_state)
 
 
-def setup(config, workdir: str, *, devices=None) -> Run:
-  """Validates the config and builds mesh, data set, tokenizer, model, optimizer and abstract state."""
+def setup(config, workdir: str, *, devices=None, save_config: bool = True) -> Run:
+  """Validates the config and builds mesh, data set, tokenizer, model, optimizer and abstract state.
+
+  save_config: write the resolved config to `workdir/config.json` (training; evaluation leaves it alone).
+  """
   config = config_lib.resolve(config)
   config_lib.validate(config, workdir, num_devices=len(devices or jax.devices()))
+  init_from.prepare_config(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   prepare_data(config)
   tokenizer = setup_tokenizer(config, workdir)
@@ -61,7 +65,7 @@ def setup(config, workdir: str, *, devices=None) -> Run:
     config.model.text.eos_id = tokenizer.eos_id
     config.model.text.pad_id = tokenizer.pad_id
   run = build_run(config, workdir, mesh, tokenizer)
-  if jax.process_index() == 0:
+  if save_config and jax.process_index() == 0:
     with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
       f.write(config.to_json_best_effort(indent=1))
   return run
@@ -142,12 +146,14 @@ def _init_state(model, config, tx, rng) -> train_step_lib.TrainState:
 
 
 def create_state(run: Run) -> train_step_lib.TrainState:
-  """Fresh state, initialised directly into its shardings (never materialised whole on one device)."""
+  """Fresh state, initialised directly into its shardings (never materialised whole on one device), then
+  loaded from `config.init_from` when set."""
+  # Shapes are checked first: a mismatched checkpoint stops before anything is initialised or compiled.
+  loading = init_from.plan(run) if run.config.init_from else None
   init = jax.jit(lambda r: _init_state(run.model, run.config, run.tx, r), out_shardings=run.state_shardings)
   state = init(jax.random.key(run.config.seed))
-  if run.config.init_from:
-    from vitclip import init_from
-    state = init_from.load_into_state(run, state)
+  if loading is not None:
+    state = init_from.load_into_state(run, state, loading)
   return state
 
 
@@ -235,14 +241,13 @@ def _progress_bar(start: int, total: int):
 
 
 def evaluate(config, workdir: str, checkpoint_dir: str = '', names=None) -> dict[str, float]:
-  """Restores the latest checkpoint of `workdir` (or `checkpoint_dir`) and runs the configured evaluators."""
-  run = setup(config, workdir)
-  ckpt = checkpoint_lib.Checkpointer(checkpoint_dir or workdir)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}; train first (python train.py --config ... '
-                            f'--workdir {workdir}) or pass a checkpoint directory.')
-  state = ckpt.restore(run.abstract_state)
-  results = run_evals(run, state.params, names)
+  """Restores the params of the latest checkpoint of `workdir` (or `checkpoint_dir`: a run or a converted model
+  directory) and runs the configured evaluators; results go to `workdir/eval_results.json`."""
+  run = setup(config, workdir, save_config=False)
+  source = checkpoint_dir or workdir
+  params = checkpoint_lib.restore_params(
+      source, run.abstract_state.params,
+      fix=f'Evaluate with the config the checkpoint was written with (--config configs/pretrained.py:{source}).')
+  results = run_evals(run, params, names)
   write_eval_results(workdir, results)
-  ckpt.close()
   return results
