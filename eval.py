@@ -2,6 +2,9 @@ r"""Evaluates the latest checkpoint of a workdir (or a named checkpoint director
 
   python eval.py --config configs/shapes.py --workdir /tmp/shapes [--checkpoint_dir DIR]
       [--config.evals.names="('zeroshot',)"]
+  python eval.py --config configs/pretrained.py:DIR --workdir OUT --checkpoint_dir DIR  # a converted model
+
+Only the params are restored, so params-only checkpoints (converted models) work as well as training runs.
 
 Prints a table and writes WORKDIR/eval_results.json with flat keys such as "zeroshot/shapes/top1".
 """
@@ -19,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: its latest checkpoint is evaluated and '
                                'eval_results.json is written there.')
 _CHECKPOINT_DIR = flags.DEFINE_string('checkpoint_dir', '', 'Evaluate the latest checkpoint of this run '
-                                      'directory instead of --workdir.')
+                                      'or converted model directory instead of --workdir.')
 distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -30,7 +33,8 @@ def main(argv):
   from vitclip import trainer
   try:
     results = trainer.evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT_DIR.value)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
+  # OSError: missing files, including a config file whose get_config failed to find its inputs.
+  except (config_lib.ConfigError, OSError) as e:
     logging.error('%s', e)
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(2)

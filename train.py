@@ -27,7 +27,8 @@ def main(argv):
   from vitclip import trainer  # After jax.distributed.initialize: nothing may touch devices before it.
   try:
     results = trainer.train(_CONFIG.value, _WORKDIR.value)
-  except config_lib.ConfigError as e:
+  # OSError: missing files, including a config file whose get_config failed to find its inputs.
+  except (config_lib.ConfigError, OSError) as e:
     logging.error('%s', e)
     print(f'Config error: {e}', file=sys.stderr)
     sys.exit(2)

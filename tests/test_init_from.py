@@ -7,6 +7,7 @@ import re
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from tests.test_sharding import batch_for
 from tests.tiny import tiny_config
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
-from vitclip import init_from, trainer
+from vitclip import init_from, train_step as train_step_lib, trainer
 
 FSDP = {'mesh': [('data', 2), ('fsdp', -1)], 'sharding.params': 'fsdp', 'sharding.fsdp_min_size': 256}
 
@@ -27,10 +28,15 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def source(data_dir, tmp_path_factory):
-  """(workdir with a full-TrainState checkpoint, converted-layout dir with the same params only, params)."""
+  """(workdir with a full-TrainState checkpoint, converted-layout dir with the same params only, params,
+  the params a tiny run with seed 0 initialises)."""
   workdir = str(tmp_path_factory.mktemp('source_run'))
-  run = trainer.setup(tiny_config(data_dir, seed=1), workdir)
-  state = trainer.create_state(run)
+  run = trainer.setup(tiny_config(data_dir), workdir)
+  init = jax.jit(lambda r: trainer.init_params(run.model, run.config, r))
+  params = init(jax.random.key(1))  # Differs from the seed-0 init of the runs started from it.
+  fresh = jax.device_get(init(jax.random.split(jax.random.key(0))[0]))  # As trainer.create_state with seed 0.
+  state = train_step_lib.TrainState(step=jnp.int32(3), params=params, opt_state=run.tx.init(params),
+                                    rng=jax.random.key(0))
   ckpt = checkpoint_lib.Checkpointer(workdir)
   ckpt.save(3, state, force=True)
   ckpt.wait()
@@ -43,7 +49,7 @@ def source(data_dir, tmp_path_factory):
   config['tokenizer']['path'] = 'tokenizer.json'  # The converter's contract: relative to the directory.
   with open(os.path.join(converted, 'config.json'), 'w') as f:
     json.dump(config, f)
-  return workdir, converted, jax.device_get(state.params)
+  return workdir, converted, jax.device_get(state.params), fresh
 
 
 def start(data_dir, workdir, **overrides):
@@ -57,27 +63,6 @@ def assert_equal_trees(got, want):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('which', ['converted', 'workdir'])
-def test_init_from_reproduces_params_on_their_shardings(which, source, data_dir, tmp_path):
-  workdir, converted, params = source
-  run, state = start(data_dir, tmp_path, init_from=converted if which == 'converted' else workdir, **FSDP)
-  assert_equal_trees(state.params, params)
-  shardings = run.state_shardings.params
-  assert jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, state.params, shardings)) == \
-      [True] * len(jax.tree.leaves(params))
-  assert run.config.tokenizer.path == os.path.join(converted if which == 'converted' else workdir,
-                                                   'tokenizer.json')  # DIR's tokenizer comes with its text tower
-
-
-def test_per_tower_selection_keeps_the_rest_fresh(source, data_dir, tmp_path):
-  _, converted, params = source
-  _, fresh = start(data_dir, tmp_path / 'fresh')
-  _, state = start(data_dir, tmp_path / 'img', init_from=converted, init_from_towers='img')
-  assert_equal_trees(state.params['img'], params['img'])
-  assert_equal_trees({k: state.params[k] for k in ('txt', 't')}, {k: fresh.params[k] for k in ('txt', 't')})
-  assert not np.array_equal(fresh.params['img']['pos_embedding'], params['img']['pos_embedding'])
-
-
 def bilinear_reference(grid: np.ndarray, size: int) -> np.ndarray:
   """[g, g, W] -> [size, size, W]: half-pixel-centred bilinear interpolation with clamped edges (upsampling)."""
   g = grid.shape[0]
@@ -88,30 +73,42 @@ def bilinear_reference(grid: np.ndarray, size: int) -> np.ndarray:
   return rows[:, lo] * (1 - frac)[None, :, None] + rows[:, hi] * frac[None, :, None]
 
 
-@pytest.mark.parametrize('image_size', [48, 16])  # grid 4 -> 6 (upsampled), 4 -> 2 (downsampled)
-def test_position_embedding_resampled_to_the_new_grid(image_size, source, data_dir, tmp_path):
-  _, converted, params = source
-  _, state = start(data_dir, tmp_path, init_from=converted, **{'model.image.image_size': image_size})
+def test_image_tower_only_at_a_new_resolution(source, data_dir, tmp_path):
+  """init_from_towers='img' at 48 px: the 4x4 position grid of 32 px becomes 6x6; txt and t keep their init."""
+  _, converted, params, _ = source
+  run, state = start(data_dir, tmp_path, init_from=converted, init_from_towers='img',
+                     **{'model.image.image_size': 48})
   pos, src = np.asarray(state.params['img']['pos_embedding']), params['img']['pos_embedding']
-  grid = image_size // 8
-  assert pos.shape == (1, 1 + grid * grid, 32)
+  assert pos.shape == (1, 1 + 6 * 6, 32)
   np.testing.assert_array_equal(pos[:, 0], src[:, 0])  # The CLS position is kept.
-  src_grid = src[0, 1:].reshape(4, 4, 32)
-  want = (bilinear_reference(src_grid, grid) if grid > 4 else  # Downsampling is antialiased, as at apply time.
-          np.asarray(jax.image.resize(src_grid, (grid, grid, 32), 'bilinear')))
-  np.testing.assert_allclose(pos[0, 1:].reshape(grid, grid, 32), want, rtol=1e-5, atol=1e-6)
+  want = bilinear_reference(src[0, 1:].reshape(4, 4, 32), 6)
+  np.testing.assert_allclose(pos[0, 1:].reshape(6, 6, 32), want, rtol=1e-5, atol=1e-6)
   assert_equal_trees({k: v for k, v in state.params['img'].items() if k != 'pos_embedding'},
                      {k: v for k, v in params['img'].items() if k != 'pos_embedding'})
+  fresh = source[3]  # The text tower's init does not depend on the image size.
+  assert_equal_trees({k: state.params[k] for k in ('txt', 't')}, {k: fresh[k] for k in ('txt', 't')})
+  assert not np.allclose(state.params['txt']['Embed_0']['embedding'], params['txt']['Embed_0']['embedding'])
 
 
-def test_resampling_to_the_same_grid_is_the_identity(source):
-  pos = source[2]['img']['pos_embedding']
-  np.testing.assert_array_equal(init_from.resample_posemb(pos, 1, 4), pos)
+def test_downsampled_position_grid_is_antialiased_as_at_apply_time(source):
+  pos = source[2]['img']['pos_embedding']  # [1, 1 + 4 * 4, 32]
+  got = np.asarray(init_from.resample_posemb(pos, 1, 2))
+  np.testing.assert_array_equal(got[:, 0], pos[:, 0])
+  want = jax.image.resize(pos[0, 1:].reshape(4, 4, 32), (2, 2, 32), 'bilinear')
+  np.testing.assert_allclose(got[0, 1:].reshape(2, 2, 32), want, rtol=1e-6)
 
 
-def test_lit_keeps_the_loaded_image_tower_bit_identical(source, data_dir, tmp_path):
-  _, converted, params = source
-  run, state = start(data_dir, tmp_path, init_from=converted, **{'optim.frozen': '^img/', 'batch_size': 32})
+def test_lit_run_from_a_converted_dir(source, data_dir, tmp_path):
+  """Loads every param exactly, onto the run's (FSDP) shardings, with DIR's tokenizer; the frozen image tower
+  stays bit-identical over steps while the text tower trains."""
+  _, converted, params, _ = source
+  run, state = start(data_dir, tmp_path, init_from=converted, **FSDP,
+                     **{'optim.frozen': '^img/', 'batch_size': 32})
+  assert_equal_trees(state.params, params)
+  placed = jax.tree.map(lambda x, s: x.sharding == s, state.params, run.state_shardings.params)
+  assert all(jax.tree.leaves(placed))
+  assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(run.state_shardings.params))
+  assert run.config.tokenizer.path == os.path.join(converted, 'tokenizer.json')  # It comes with the text tower.
   step = trainer.compile_train_step(run)
   for seed in range(3):
     state, metrics = step(state, batch_for(run, seed))
@@ -121,7 +118,7 @@ def test_lit_keeps_the_loaded_image_tower_bit_identical(source, data_dir, tmp_pa
 
 
 def test_mismatched_variant_names_the_first_bad_key_and_shapes(source, data_dir, tmp_path):
-  _, converted, _ = source
+  _, converted, _, _ = source
   with pytest.raises(config_lib.ConfigError) as e:
     start(data_dir, tmp_path, init_from=converted, **{'model.image.variant': 'micro/4'})
   msg = str(e.value)
@@ -130,7 +127,7 @@ def test_mismatched_variant_names_the_first_bad_key_and_shapes(source, data_dir,
 
 
 def test_checkpoint_not_matching_its_config_is_reported_as_such(source, data_dir, tmp_path):
-  _, converted, _ = source
+  _, converted, _, _ = source
   broken = str(tmp_path / 'broken')
   shutil.copytree(converted, broken)
   with open(os.path.join(broken, 'config.json')) as f:
@@ -145,7 +142,7 @@ def test_checkpoint_not_matching_its_config_is_reported_as_such(source, data_dir
 
 
 def test_bad_settings_stop_before_anything_runs(source, data_dir, tmp_path):
-  _, converted, _ = source
+  _, converted, _, _ = source
   with pytest.raises(FileNotFoundError, match='missing/config.json does not exist'):
     trainer.setup(tiny_config(data_dir, init_from=str(tmp_path / 'missing')), str(tmp_path))
   with pytest.raises(config_lib.ConfigError, match="init_from_towers='img,text'"):
@@ -155,7 +152,8 @@ def test_bad_settings_stop_before_anything_runs(source, data_dir, tmp_path):
 
 
 def test_pretrained_config_types_and_base_settings(source, data_dir):
-  _, converted, _ = source
+  workdir, converted, _, _ = source
+  assert pretrained.get_config(workdir).tokenizer.path == os.path.join(workdir, 'tokenizer.json')  # trained
   c = pretrained.get_config(converted)
   assert c.model.image.variant == 'micro/8' and c.init_from == converted
   assert c.tokenizer.path == os.path.join(converted, 'tokenizer.json')
@@ -170,7 +168,7 @@ def test_pretrained_config_types_and_base_settings(source, data_dir):
 
 
 def test_evaluating_a_params_only_dir_equals_the_original(source, data_dir, tmp_path):
-  workdir, converted, _ = source
+  workdir, converted, _, _ = source
   want = trainer.evaluate(tiny_config(data_dir), workdir)
   got = trainer.evaluate(pretrained.get_config(converted), str(tmp_path), checkpoint_dir=converted)
   assert got == want and 'zeroshot/shapes/top1' in got
