@@ -69,27 +69,35 @@ class Tokenizer:
     return out
 
   def decode(self, ids: np.ndarray) -> list[str]:
-    """ids: int [N, L] -> N strings (specials dropped)."""
-    texts = self.tok.decode_batch([list(map(int, row)) for row in np.asarray(ids)], skip_special_tokens=True)
+    """ids: int [N, L] -> N strings (specials dropped; padding after the last end token too, which matters when
+    the pad id is an ordinary token: OpenAI pads with 0 = '!')."""
+    rows = [list(map(int, row)) for row in np.asarray(ids)]
+    rows = [row[:len(row) - row[::-1].index(self.eos_id)] if self.eos_id in row else row for row in rows]
+    texts = self.tok.decode_batch(rows, skip_special_tokens=True)
     return [t.strip() for t in texts]  # Byte-level BPE encodes a leading space (add_prefix_space).
 
   def save(self, path: str):
+    """Writes a tokenizer.json; a pad id other than the end token is kept in its `padding` field."""
+    if self.pad_id != self.eos_id:
+      self.tok.enable_padding(pad_id=self.pad_id, pad_token=self.tok.id_to_token(self.pad_id))
     self.tok.save(path)
+    self.tok.no_padding()
 
   @classmethod
   def from_file(cls, path: str, max_len: int) -> 'Tokenizer | SentencePieceTokenizer':
-    """Loads a tokenizer.json, or a SentencePiece model for a path ending in '.model'.
-
-    Special ids are looked up by the usual names of BPE and CLIP vocabularies. The pad id is the `padding`
-    field's when the file sets one, else '[PAD]' / '<pad>', else the end token (HF CLIP).
-    """
+    """Loads a tokenizer.json, or a SentencePiece model for a path ending in '.model'."""
     if path.endswith(SentencePieceTokenizer.SUFFIX):
       return SentencePieceTokenizer.from_file(path, max_len)
-    tok = tokenizers.Tokenizer.from_file(path)
+    return cls.from_tokenizer(tokenizers.Tokenizer.from_file(path), max_len, name=path)
+
+  @classmethod
+  def from_tokenizer(cls, tok: tokenizers.Tokenizer, max_len: int, name: str = 'tokenizer') -> 'Tokenizer':
+    """Wraps `tok`. Special ids are looked up by the usual names of BPE and CLIP vocabularies; the pad id is the
+    `padding` field's when `tok` sets one, else '[PAD]' / '<pad>', else the end token (HF CLIP)."""
     find = lambda *names: next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
     eos = find(EOS, CLIP_EOS, '</s>', '<eos>')
     if eos is None:
-      raise ValueError(f'{path}: no end-of-text token ({EOS!r}, "<|endoftext|>", "</s>" or "<eos>") in the '
+      raise ValueError(f'{name}: no end-of-text token ({EOS!r}, "<|endoftext|>", "</s>" or "<eos>") in the '
                        'vocabulary; vitclip pools text at that token.')
     pad = tok.padding['pad_id'] if tok.padding else find(PAD, '<pad>')
     return cls(tok, max_len, eos_id=eos, pad_id=eos if pad is None else pad,

@@ -1,0 +1,339 @@
+"""Weight converters: tiny random transformers CLIPModel / SiglipModel (and the same weights in OpenAI and
+big_vision layouts) converted to vitclip must give the reference image / text embeddings and logits (fp32,
+atol 1e-4); the tokenizers must give the transformers tokenizers' ids.
+
+Needs the optional converter dependencies (requirements-convert.txt); skipped without them. Nothing downloads:
+the CLIP BPE merges and the SentencePiece model are trained here on a few sentences.
+"""
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+safetensors_torch = pytest.importorskip('safetensors.torch')
+
+from vitclip import checkpoint, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+from vitclip.convert import ConvertError, convert
+from vitclip.convert.__main__ import main as convert_main
+from vitclip.models import build_model
+
+ATOL = 1e-4
+IMAGE, PATCH, WIDTH, MLP, HEADS, DEPTH, MAX_LEN = 32, 8, 32, 64, 2, 2, 12  # vitclip 'micro/8' towers.
+CORPUS = ['a photo of a cat', 'a photo of the dog', "it's a diagram of 3 shapes", 'grün café naïve',
+          'two red triangles and a blue square', 'the quick brown fox jumps over the lazy dog',
+          'a small green circle above a large yellow star', 'an orange diamond left of a purple cross']
+# Tokenizer corner cases: case, whitespace runs, contractions, punctuation, unicode, empty, over-long text.
+TRICKY = ['a photo of a cat', 'A  PHOTO\tof\n the Dog!!', "it's won't I'LL", 'Grün café naïve ☃ 日本語', '',
+          '   ', 'x' * 50, 'the quick brown fox jumps over the lazy dog ' * 3, 'e\u0301 é', '123,456.7 $%^&*()',
+          'a — b “quoted” ¿qué?', '<|endoftext|> hi']
+
+
+def _tower_kwargs(**text):
+  common = dict(hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=DEPTH, num_attention_heads=HEADS)
+  return dict(vision_config=dict(common, image_size=IMAGE, patch_size=PATCH),
+              text_config=dict(common, max_position_embeddings=MAX_LEN, **text))
+
+
+def _randomize(model, seed: int):
+  """Random weights everywhere (LayerNorm scales/biases and logit scale/bias too), so every mapping matters."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(p + 0.2 * torch.randn(p.shape, generator=gen))
+  return model.eval()
+
+
+def _images(n=3):
+  """float32 [n, IMAGE, IMAGE, 3] (vitclip's layout; transformers takes NCHW)."""
+  return np.random.default_rng(0).normal(size=(n, IMAGE, IMAGE, 3)).astype(np.float32)
+
+
+def _reference(model, input_ids):
+  """transformers' normalised image / text embeddings and logits_per_image, as numpy."""
+  pixels = torch.from_numpy(_images().transpose(0, 3, 1, 2).copy())
+  ids = torch.from_numpy(np.asarray(input_ids, np.int64))
+  with torch.no_grad():
+    out = model(input_ids=ids, pixel_values=pixels)
+  return dict(zimg=out.image_embeds.numpy(), ztxt=out.text_embeds.numpy(), logits=out.logits_per_image.numpy())
+
+
+def _load(out):
+  """(config, tokenizer, params) of a converted directory, read back as eval / init_from read it."""
+  with open(os.path.join(out, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  tok = tokenizer_lib.Tokenizer.from_file(os.path.join(out, config.tokenizer.path), config.model.text.max_len)
+  model = build_model(config.model)
+  size, length = config.model.image.image_size, config.model.text.max_len
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32),
+                                               np.zeros((1, length), np.int32))['params'])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+  return config, tok, checkpoint.restore_params(out, abstract)
+
+
+def _vitclip(out, texts):
+  """vitclip's normalised embeddings and logits for `_images()` and `texts` tokenized by the converted
+  tokenizer; also the ids."""
+  config, tok, params = _load(out)
+  ids = tok.encode(texts)
+  zimg, ztxt, scale = jax.jit(build_model(config.model).apply)({'params': params}, _images(), ids)  # One compile.
+  logits = scale['t'] * zimg @ ztxt.T + (0 if scale['b'] is None else scale['b'])
+  return dict(zimg=np.asarray(zimg), ztxt=np.asarray(ztxt), logits=np.asarray(logits), ids=ids)
+
+
+def _max_diffs(got, ref):
+  return {k: float(np.max(np.abs(got[k] - ref[k]))) for k in ('zimg', 'ztxt', 'logits')}
+
+
+def _assert_close(got, ref):
+  diffs = _max_diffs(got, ref)
+  assert max(diffs.values()) <= ATOL, diffs
+
+
+# ------------------------------------------------------------------------------------------------- CLIP
+
+
+def _clip_merges():
+  """BPE merges learned on CORPUS with CLIP's pre-tokenization ('</w>' word ends)."""
+  from tokenizers import models, trainers
+  tok = tokenizer_lib.clip_bpe({tokenizer_lib.CLIP_BOS: 0, tokenizer_lib.CLIP_EOS: 1}, [])
+  tok.model = models.BPE(continuing_subword_prefix='', end_of_word_suffix='</w>')
+  tok.train_from_iterator(CORPUS * 10, trainers.BpeTrainer(
+      vocab_size=700, end_of_word_suffix='</w>', show_progress=False,
+      initial_alphabet=list(tokenizer_lib.bytes_to_unicode().values())))
+  merges = json.loads(tok.to_str())['model']['merges']
+  return [tuple(m.split(' ')) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+@pytest.fixture(scope='module')
+def clip(tmp_path_factory):
+  """A random tiny HF CLIPModel + CLIPTokenizer folder, its reference outputs, and the same weights as an
+  OpenAI-layout state dict (safetensors and .pt) plus OpenAI's merges-only tokenizer file."""
+  root = tmp_path_factory.mktemp('clip')
+  merges = _clip_merges()
+  vocab = tokenizer_lib.clip_vocab_from_merges(merges)  # OpenAI's rule: EOT is the largest id.
+  hf_tok = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+  eos, bos = vocab[tokenizer_lib.CLIP_EOS], vocab[tokenizer_lib.CLIP_BOS]
+  torch.manual_seed(0)
+  model = _randomize(transformers.CLIPModel(transformers.CLIPConfig(
+      **_tower_kwargs(vocab_size=len(vocab), eos_token_id=eos, bos_token_id=bos, pad_token_id=eos),
+      projection_dim=24)), seed=0)
+  folder = str(root / 'hf')
+  model.save_pretrained(folder)
+  hf_tok.save_pretrained(folder)
+  ids = hf_tok(TRICKY, padding='max_length', truncation=True, max_length=MAX_LEN)['input_ids']
+
+  state = _openai_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
+  safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in state.items()}, str(root / 'openai.safetensors'))
+  torch.save({'state_dict': {f'module.{k}': torch.from_numpy(v) for k, v in state.items()}, 'epoch': 3},
+             str(root / 'openai.pt'))
+  with gzip.open(root / 'bpe.txt.gz', 'wt', encoding='utf-8') as f:
+    f.write('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges))
+  return dict(root=root, folder=folder, ids=ids, ref=_reference(model, ids), state=state)
+
+
+def _openai_padding(ids):
+  """HF CLIP ids (padded with EOS, the largest id) as OpenAI pads them: 0 after the appended EOS."""
+  ids = np.array(ids)
+  for row in ids:
+    end = len(row)
+    while end > 1 and row[end - 2] == row.max():  # The trailing run of EOS: the appended one, then pads.
+      end -= 1
+    row[end:] = 0
+  return ids
+
+
+def _openai_state_dict(hf):
+  """HF CLIPModel weights renamed / fused into OpenAI's CLIP layout."""
+  out = {}
+  for tower, prefix in (('vision_model', 'visual.'), ('text_model', '')):
+    for i in range(DEPTH):
+      s, t = f'{tower}.encoder.layers.{i}.', f'{prefix}transformer.resblocks.{i}.'
+      for kind in ('weight', 'bias'):
+        out[t + f'attn.in_proj_{kind}'] = np.concatenate([hf[s + f'self_attn.{n}_proj.{kind}'] for n in 'qkv'])
+        for src, dst in (('self_attn.out_proj', 'attn.out_proj'), ('layer_norm1', 'ln_1'), ('layer_norm2', 'ln_2'),
+                         ('mlp.fc1', 'mlp.c_fc'), ('mlp.fc2', 'mlp.c_proj')):
+          out[t + f'{dst}.{kind}'] = hf[s + f'{src}.{kind}']
+    for kind in ('weight', 'bias'):
+      out[f'visual.ln_pre.{kind}'] = hf[f'vision_model.pre_layrnorm.{kind}']
+      out[f'visual.ln_post.{kind}'] = hf[f'vision_model.post_layernorm.{kind}']
+      out[f'ln_final.{kind}'] = hf[f'text_model.final_layer_norm.{kind}']
+  e = 'vision_model.embeddings.'
+  out.update({'visual.conv1.weight': hf[e + 'patch_embedding.weight'],
+              'visual.class_embedding': hf[e + 'class_embedding'],
+              'visual.positional_embedding': hf[e + 'position_embedding.weight'],
+              'visual.proj': hf['visual_projection.weight'].T,
+              'token_embedding.weight': hf['text_model.embeddings.token_embedding.weight'],
+              'positional_embedding': hf['text_model.embeddings.position_embedding.weight'],
+              'text_projection': hf['text_projection.weight'].T,
+              'logit_scale': hf['logit_scale']})
+  return {k: np.array(v, order='C') for k, v in out.items()}
+
+
+def test_hf_clip_matches_transformers(clip, tmp_path):
+  config = convert(clip['folder'], str(tmp_path / 'out'))
+  assert (config.loss.kind, config.model.image.act, config.model.image.ln_pre) == ('softmax', 'quick_gelu', True)
+  got = _vitclip(str(tmp_path / 'out'), TRICKY)
+  np.testing.assert_array_equal(got['ids'], clip['ids'])  # HF pads with its pad token (here EOS).
+  _assert_close(got, clip['ref'])
+
+
+@pytest.mark.parametrize('name', ['openai.safetensors', 'openai.pt'])
+def test_openai_state_dict_matches_transformers(clip, tmp_path, name):
+  out = str(tmp_path / 'out')
+  convert(str(clip['root'] / name), out, tokenizer=str(clip['root'] / 'bpe.txt.gz'))
+  got = _vitclip(out, TRICKY)
+  np.testing.assert_array_equal(got['ids'], _openai_padding(clip['ids']))
+  _assert_close(got, clip['ref'])
+
+
+def test_clip_tokenizer_sources_agree(clip, tmp_path):
+  """tokenizer.json, vocab.json + merges.txt and OpenAI's merges-only file give HF's ids (pads aside)."""
+  hf = np.asarray(clip['ids'])
+  from_json = tokenizer_lib.Tokenizer.from_tokenizer(tokenizer_lib.load_clip_bpe(clip['folder']), MAX_LEN)
+  np.testing.assert_array_equal(from_json.encode(TRICKY), hf)
+  folder = tmp_path / 'vm'
+  folder.mkdir()
+  tok = json.loads(open(os.path.join(clip['folder'], 'tokenizer.json')).read())
+  (folder / 'vocab.json').write_text(json.dumps(tok['model']['vocab']))
+  merges = tok['model']['merges']
+  (folder / 'merges.txt').write_text('#version: 0.2\n' + ''.join(
+      (m if isinstance(m, str) else ' '.join(m)) + '\n' for m in merges))
+  from_files = tokenizer_lib.Tokenizer.from_tokenizer(tokenizer_lib.load_clip_bpe(str(folder)), MAX_LEN)
+  np.testing.assert_array_equal(from_files.encode(TRICKY), hf)
+  openai = tokenizer_lib.Tokenizer.from_tokenizer(
+      tokenizer_lib.load_clip_bpe(str(clip['root'] / 'bpe.txt.gz'), pad_id=0), MAX_LEN)
+  ids = openai.encode(TRICKY)
+  np.testing.assert_array_equal(ids, _openai_padding(hf))
+  assert openai.decode(ids)[:2] == ['a photo of a cat', 'a photo of the dog !!']
+
+
+# ----------------------------------------------------------------------------------------------- SigLIP
+
+
+@pytest.fixture(scope='module')
+def siglip(tmp_path_factory):
+  """A random tiny HF SiglipModel + SiglipTokenizer folder (SentencePiece trained on CORPUS), its reference
+  outputs, and the same weights as a big_vision npz (image blocks unrolled, text blocks scan-stacked)."""
+  import sentencepiece
+  root = tmp_path_factory.mktemp('siglip')
+  model_file = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(  # SigLIP's ids: pad 0, EOS 1, unk 2, no BOS.
+      sentence_iterator=iter(CORPUS * 20), model_writer=model_file, vocab_size=60, pad_id=0, eos_id=1, unk_id=2,
+      bos_id=-1, character_coverage=1.0, minloglevel=2)
+  sp_path = str(root / 'spiece.model')
+  with open(sp_path, 'wb') as f:
+    f.write(model_file.getvalue())
+  hf_tok = transformers.SiglipTokenizer(vocab_file=sp_path, model_max_length=MAX_LEN)
+  torch.manual_seed(1)
+  model = _randomize(transformers.SiglipModel(transformers.SiglipConfig(
+      **_tower_kwargs(vocab_size=60, eos_token_id=1, pad_token_id=1, bos_token_id=None))), seed=1)
+  folder = str(root / 'hf')
+  model.save_pretrained(folder)
+  hf_tok.save_pretrained(folder)
+  ids = hf_tok(TRICKY, padding='max_length', truncation=True, max_length=MAX_LEN)['input_ids']
+  npz = str(root / 'siglip.npz')
+  np.savez(npz, **{f'params/{k}': v for k, v in
+                   _big_vision_params({k: v.numpy() for k, v in model.state_dict().items()}).items()})
+  return dict(root=root, folder=folder, sp=sp_path, ids=ids, ref=_reference(model, ids), npz=npz)
+
+
+def _big_vision_params(hf):
+  """HF SiglipModel weights in big_vision's names and layouts ('img/...', 'txt/...', 't', 'b')."""
+  dense = lambda s: {'kernel': hf[f'{s}.weight'].T, 'bias': hf[f'{s}.bias']}
+  norm = lambda s: {'scale': hf[f'{s}.weight'], 'bias': hf[f'{s}.bias']}
+  heads = lambda w, b: ({'kernel': w.T.reshape(WIDTH, HEADS, -1), 'bias': b.reshape(HEADS, -1)})
+
+  def attention(q, k, v, out):
+    return {'query': heads(*q), 'key': heads(*k), 'value': heads(*v),
+            'out': {'kernel': out[0].T.reshape(HEADS, -1, WIDTH), 'bias': out[1]}}
+
+  def block(s):
+    w = lambda n: (hf[f'{s}.self_attn.{n}.weight'], hf[f'{s}.self_attn.{n}.bias'])
+    return {'LayerNorm_0': norm(f'{s}.layer_norm1'), 'LayerNorm_1': norm(f'{s}.layer_norm2'),
+            'MultiHeadDotProductAttention_0': attention(w('q_proj'), w('k_proj'), w('v_proj'), w('out_proj')),
+            'MlpBlock_0': {'Dense_0': dense(f'{s}.mlp.fc1'), 'Dense_1': dense(f'{s}.mlp.fc2')}}
+
+  h = 'vision_model.head'
+  qkv_w, qkv_b = np.split(hf[f'{h}.attention.in_proj_weight'], 3), np.split(hf[f'{h}.attention.in_proj_bias'], 3)
+  img = {'embedding': {'kernel': hf['vision_model.embeddings.patch_embedding.weight'].transpose(2, 3, 1, 0),
+                       'bias': hf['vision_model.embeddings.patch_embedding.bias']},
+         'pos_embedding': hf['vision_model.embeddings.position_embedding.weight'][None],
+         'Transformer': {**{f'encoderblock_{i}': block(f'vision_model.encoder.layers.{i}') for i in range(DEPTH)},
+                         'encoder_norm': norm('vision_model.post_layernorm')},
+         'MAPHead_0': {'probe': hf[f'{h}.probe'], 'LayerNorm_0': norm(f'{h}.layernorm'),
+                       'MultiHeadDotProductAttention_0': attention(
+                           *zip(qkv_w, qkv_b), (hf[f'{h}.attention.out_proj.weight'],
+                                                hf[f'{h}.attention.out_proj.bias'])),
+                       'MlpBlock_0': {'Dense_0': dense(f'{h}.mlp.fc1'), 'Dense_1': dense(f'{h}.mlp.fc2')}}}
+  blocks = [block(f'text_model.encoder.layers.{i}') for i in range(DEPTH)]
+  txt = {'Embed_0': {'embedding': hf['text_model.embeddings.token_embedding.weight']},
+         'pos_embedding': hf['text_model.embeddings.position_embedding.weight'][None],
+         'Encoder_0': {'encoderblock': jax.tree.map(lambda *a: np.stack(a), *blocks),  # scan layout
+                       'encoder_norm': norm('text_model.final_layer_norm')},
+         'head': dense('text_model.head')}
+  tree = {'img': img, 'txt': txt, 't': hf['logit_scale'], 'b': hf['logit_bias']}
+  return {'/'.join(str(k.key) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_hf_siglip_matches_transformers(siglip, tmp_path):
+  config = convert(siglip['folder'], str(tmp_path / 'out'))
+  assert (config.loss.kind, config.model.image.pool, config.model.text.pool) == ('sigmoid', 'map', 'final')
+  got = _vitclip(str(tmp_path / 'out'), TRICKY)
+  np.testing.assert_array_equal(got['ids'], siglip['ids'])
+  _assert_close(got, siglip['ref'])
+
+
+def test_big_vision_npz_matches_transformers(siglip, tmp_path):
+  out = str(tmp_path / 'out')
+  convert(siglip['npz'], out, variant='micro/8', tokenizer=siglip['sp'])
+  _assert_close(_vitclip(out, TRICKY), siglip['ref'])
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_missing_key_names_the_key_and_shape(clip, tmp_path):
+  state = dict(clip['state'])
+  del state['visual.transformer.resblocks.1.attn.in_proj_weight']
+  path = str(tmp_path / 'broken.safetensors')
+  safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in state.items()}, path)
+  with pytest.raises(ConvertError, match=r"missing key 'visual\.transformer\.resblocks\.1\.attn\.in_proj_weight' "
+                                         r'\(expected shape \(96, 32\)'):
+    convert(path, str(tmp_path / 'out'), tokenizer=str(clip['root'] / 'bpe.txt.gz'))
+  assert not os.path.exists(tmp_path / 'out')  # Nothing written.
+
+
+def test_wrong_shape_and_wrong_variant_name_the_key(clip, siglip, tmp_path, capsys):
+  state = dict(clip['state'])
+  state['text_projection'] = np.ascontiguousarray(state['text_projection'][:, :20])
+  path = str(tmp_path / 'broken.safetensors')
+  safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in state.items()}, path)
+  with pytest.raises(ConvertError, match=r"key 'text_projection' has shape \(32, 20\), expected \(32, 24\)"):
+    convert(path, str(tmp_path / 'a'), format='openai', tokenizer=str(clip['root'] / 'bpe.txt.gz'))
+  # A wrong variant: the first array of the wrong size is named, with the shape the variant needs.
+  code = convert_main([siglip['npz'], '--out', str(tmp_path / 'b'), '--variant', 'B/16', '--tokenizer',
+                       siglip['sp']])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count('\n') == 1 and err.startswith('Error: ')
+  assert "key 'img/embedding/kernel' has shape (8, 8, 3, 32), expected (16, 16, 3, 768)" in err
+
+
+def test_converter_is_optional_for_the_rest_of_vitclip():
+  """Training, evaluation and the converter's own modules never import torch or transformers."""
+  code = ('import sys, vitclip.trainer, vitclip.evaluators, vitclip.convert.hf, '
+          'vitclip.convert.openai, vitclip.convert.big_vision, vitclip.convert.__main__, eval; '
+          'bad = [m for m in ("torch", "transformers") if m in sys.modules]; assert not bad, bad')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-c', code], cwd=root, check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
