@@ -322,6 +322,10 @@ def test_wrong_shape_and_wrong_variant_name_the_key(clip, siglip, tmp_path, caps
   safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in state.items()}, path)
   with pytest.raises(ConvertError, match=r"key 'text_projection' has shape \(32, 20\), expected \(32, 24\)"):
     convert(path, str(tmp_path / 'a'), format='openai', tokenizer=str(clip['root'] / 'bpe.txt.gz'))
+  state = {**clip['state'], 'visual.extra.weight': np.zeros(3, np.float32)}
+  safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in state.items()}, path)
+  with pytest.raises(ConvertError, match=r"unexpected key 'visual\.extra\.weight' \(shape \(3,\)\)"):
+    convert(path, str(tmp_path / 'a'), format='openai', tokenizer=str(clip['root'] / 'bpe.txt.gz'))
   # A wrong variant: the first array of the wrong size is named, with the shape the variant needs.
   code = convert_main([siglip['npz'], '--out', str(tmp_path / 'b'), '--variant', 'B/16', '--tokenizer',
                        siglip['sp']])

@@ -126,7 +126,10 @@ class SentencePieceTokenizer:
 
   def __post_init__(self):
     import sentencepiece  # Only needed for this tokenizer kind.
-    self.sp = sentencepiece.SentencePieceProcessor(model_proto=self.model)
+    try:
+      self.sp = sentencepiece.SentencePieceProcessor(model_proto=self.model)
+    except RuntimeError:
+      raise ValueError('not a SentencePiece model (a .model file).') from None
     eos = self.sp.piece_to_id('</s>')
     if self.eos_id is None:
       if self.sp.id_to_piece(eos) != '</s>':
@@ -166,7 +169,11 @@ class SentencePieceTokenizer:
   @classmethod
   def from_file(cls, path: str, max_len: int, **kwargs) -> 'SentencePieceTokenizer':
     with open(path, 'rb') as f:
-      return cls(f.read(), max_len, **kwargs)
+      model = f.read()
+    try:
+      return cls(model, max_len, **kwargs)
+    except ValueError as e:
+      raise ValueError(f'{path}: {e}') from None
 
 
 _ASCII_PUNCTUATION = str.maketrans('', '', string.punctuation)
@@ -195,8 +202,11 @@ def clip_vocab_from_merges(merges: Sequence[tuple[str, str]]) -> dict[str, int]:
 def read_merges(path: str, limit: int | None = None) -> list[tuple[str, str]]:
   """Reads a merges file ('#version' header, then one 'a b' pair a line; '.gz' allowed): the first `limit`."""
   opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rt', encoding='utf-8') as f:
-    lines = [line for line in f.read().split('\n') if line and not line.startswith('#version')]
+  try:
+    with opener(path, 'rt', encoding='utf-8') as f:
+      lines = [line for line in f.read().split('\n') if line and not line.startswith('#version')]
+  except (UnicodeDecodeError, gzip.BadGzipFile):
+    raise ValueError(f'{path}: not a BPE merges text file.') from None
   pairs = [tuple(line.split()) for line in lines[:limit]]
   bad = next((line for line, p in zip(lines, pairs) if len(p) != 2), None)
   if bad is not None:
@@ -241,7 +251,10 @@ def load_clip_bpe(path: str, vocab_size: int | None = None, pad_id: int | None =
     else:
       raise FileNotFoundError(f'{path}: no tokenizer.json and no vocab.json + merges.txt.')
   if path.endswith('.json'):
-    tok = tokenizers.Tokenizer.from_file(path)
+    try:
+      tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # pylint: disable=broad-except  # tokenizers raises its own exception type.
+      raise ValueError(f'{path}: not a tokenizers JSON file ({e}).') from None
     if pad_id is not None:
       tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
     return tok

@@ -40,19 +40,21 @@ def convert(path: str, variant: str | None, tokenizer_path: str | None):
   families.check_tokenizer(tok, sizes.vocab_size, tokenizer_path)
   config = families.siglip_config(sizes, eos_id=tok.eos_id, pad_id=tok.pad_id,
                                   image_head='img/head/kernel' in source)
-  rules = {p: _rule(source, p) for p in common.model_order(common.abstract_params(config))}
+  depths = {'img': common.depth(config, 'image'), 'txt': common.depth(config, 'text')}
+  rules = {p: _rule(source, p, depths) for p in common.model_order(common.abstract_params(config))}
   return config, common.assemble(config, source, rules), tok
 
 
-def _rule(source: Source, path: str) -> Rule:
-  """Same name, or the slice of a scan-stacked 'encoderblock'; t and b are [1] in big_vision, scalars here."""
+def _rule(source: Source, path: str, depths: dict[str, int]) -> Rule:
+  """Same name, or the slice of a scan-stacked 'encoderblock' (`depths`: blocks per tower, the stacked axis);
+  t and b are [1] in big_vision, scalars here."""
   if path in ('t', 'b'):
     return Rule(path, reshape_from(lambda t: (1,)))
   m = re.match(r'(.*)/encoderblock_(\d+)/(.*)', path)
   if m and path not in source:
     stacked_key = f'{m.group(1)}/encoderblock/{m.group(3)}'
     if stacked_key in source:
-      return Rule(stacked_key, stacked(int(m.group(2)), _depth(source, m.group(1))))
+      return Rule(stacked_key, stacked(int(m.group(2)), depths[path.split('/')[0]]))
   return Rule(path)
 
 

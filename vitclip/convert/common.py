@@ -272,6 +272,11 @@ def _path(key_path) -> str:
   return '/'.join(str(getattr(k, 'key', k)) for k in key_path)
 
 
+def depth(config, tower: str) -> int:
+  """Number of blocks of `tower` ('image' / 'text') in the config's variant (the rules cover exactly these)."""
+  return variants.decode_variant(config.model[tower].variant)['depth']
+
+
 def describe(config) -> str:
   m = config.model
   return f'image {m.image.variant} @{m.image.image_size}px + text {m.text.variant}'

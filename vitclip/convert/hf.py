@@ -75,7 +75,7 @@ def _activation(hf) -> tuple[str, float]:
   return ACTIVATIONS[v.hidden_act], v.layer_norm_eps
 
 
-def _image_rules(hf, patch_bias: bool) -> dict[str, Rule]:
+def _image_rules(patch_bias: bool) -> dict[str, Rule]:
   e = 'vision_model.embeddings'
   rules = {'img/embedding/kernel': Rule(f'{e}.patch_embedding.weight', CONV)}
   if patch_bias:
@@ -89,11 +89,11 @@ def _encoder_rules(prefix: str, tower: str, encoder: str, depth: int, final_norm
   return rules
 
 
-def _text_rules(hf) -> dict[str, Rule]:
+def _text_rules(config) -> dict[str, Rule]:
   e = 'text_model.embeddings'
   rules = {'txt/Embed_0/embedding': Rule(f'{e}.token_embedding.weight'),
            'txt/pos_embedding': Rule(f'{e}.position_embedding.weight', reshape_from(lambda t: t[1:]))}
-  rules.update(_encoder_rules('txt', 'text_model', 'Encoder_0', hf.text_config.num_hidden_layers,
+  rules.update(_encoder_rules('txt', 'text_model', 'Encoder_0', common.depth(config, 'text'),
                               'final_layer_norm'))
   return rules
 
@@ -111,14 +111,14 @@ def _clip(folder, hf, source, variant, tokenizer_path):
   config = families.clip_config(_sizes(hf, source, variant, hf.projection_dim, None), act=act, ln_eps=eps,
                                 eos_id=-1 if eos == 2 else eos, pad_id=tok.pad_id, mean=mean, std=std)
   e = 'vision_model.embeddings'
-  rules = _image_rules(hf, patch_bias=False)
+  rules = _image_rules(patch_bias=False)
   rules['img/cls'] = Rule(f'{e}.class_embedding', reshape_from(lambda t: t[-1:]))
   rules['img/pos_embedding'] = Rule(f'{e}.position_embedding.weight', reshape_from(lambda t: t[1:]))
   rules.update(layernorm_rules('img/ln_pre', 'vision_model.pre_layrnorm'))
-  rules.update(_encoder_rules('img', 'vision_model', 'Transformer', hf.vision_config.num_hidden_layers,
+  rules.update(_encoder_rules('img', 'vision_model', 'Transformer', common.depth(config, 'image'),
                               'post_layernorm'))
   rules.update(linear_rules('img/head', 'visual_projection', bias=False))
-  rules.update(_text_rules(hf))
+  rules.update(_text_rules(config))
   rules.update(linear_rules('txt/head', 'text_projection', bias=False))
   rules['t'] = Rule('logit_scale', reshape_from(lambda t: ()))
   return config, rules, tok
@@ -137,10 +137,11 @@ def _siglip(folder, hf, source, variant, tokenizer_path):
   act, eps = _activation(hf)
   config = families.siglip_config(_sizes(hf, source, variant, v.hidden_size, 'logit_bias'), eos_id=tok.eos_id,
                                   pad_id=tok.pad_id, act=act, ln_eps=eps)
-  rules = _image_rules(hf, patch_bias=True)
+  rules = _image_rules(patch_bias=True)
   rules['img/pos_embedding'] = Rule('vision_model.embeddings.position_embedding.weight',
                                     reshape_from(lambda t: t[1:]))
-  rules.update(_encoder_rules('img', 'vision_model', 'Transformer', v.num_hidden_layers, 'post_layernorm'))
+  rules.update(_encoder_rules('img', 'vision_model', 'Transformer', common.depth(config, 'image'),
+                              'post_layernorm'))
   h, m = 'vision_model.head', 'img/MAPHead_0'
   rules[f'{m}/probe'] = Rule(f'{h}.probe', SAME)
   rules.update(attention_rules(f'{m}/MultiHeadDotProductAttention_0', '', '', '', f'{h}.attention.out_proj',
@@ -148,7 +149,7 @@ def _siglip(folder, hf, source, variant, tokenizer_path):
   rules.update(layernorm_rules(f'{m}/LayerNorm_0', f'{h}.layernorm'))
   rules.update(linear_rules(f'{m}/MlpBlock_0/Dense_0', f'{h}.mlp.fc1'))
   rules.update(linear_rules(f'{m}/MlpBlock_0/Dense_1', f'{h}.mlp.fc2'))
-  rules.update(_text_rules(hf))
+  rules.update(_text_rules(config))
   rules.update(linear_rules('txt/head', 'text_model.head'))
   rules['t'] = Rule('logit_scale', reshape_from(lambda t: (1,)))
   rules['b'] = Rule('logit_bias', reshape_from(lambda t: (1,)))

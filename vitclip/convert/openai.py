@@ -44,7 +44,7 @@ def convert(path: str, format_: str, variant: str | None, tokenizer_path: str | 
   families.check_tokenizer(tok, sizes.vocab_size, tokenizer_path)
   # OpenAI pools at the largest id (its EOT token); eos_id=-1 says so.
   config = families.clip_config(sizes, act=ACTIVATIONS[format_], ln_eps=LN_EPS, eos_id=-1, pad_id=tok.pad_id)
-  return config, common.assemble(config, source, _rules(source)), tok
+  return config, common.assemble(config, source, _rules(source, config)), tok
 
 
 def _sizes(source: Source, variant: str | None) -> families.Sizes:
@@ -72,19 +72,19 @@ def _tower_variant(source: Source, prefix: str, width: int, what: str) -> str:
   return common.find_variant(width, depth, mlp, None, what)
 
 
-def _rules(source: Source) -> dict[str, Rule]:
-  depth = lambda prefix: source.layer_count(_BLOCK.format(prefix))
+def _rules(source: Source, config) -> dict[str, Rule]:
   rules = {'img/embedding/kernel': Rule('visual.conv1.weight', CONV),
            'img/cls': Rule('visual.class_embedding', reshape_from(lambda t: t[-1:])),
            'img/pos_embedding': Rule('visual.positional_embedding', reshape_from(lambda t: t[1:]))}
   rules.update(layernorm_rules('img/ln_pre', 'visual.ln_pre'))
-  rules.update(torch_encoder_rules('img/Transformer', 'visual.transformer.resblocks', depth(r'visual\.'),
-                                   OPENAI_BLOCK))
+  rules.update(torch_encoder_rules('img/Transformer', 'visual.transformer.resblocks',
+                                   common.depth(config, 'image'), OPENAI_BLOCK))
   rules.update(layernorm_rules('img/Transformer/encoder_norm', 'visual.ln_post'))
   rules['img/head/kernel'] = Rule('visual.proj', SAME)  # Already [in, out]: used as x @ proj.
   rules['txt/Embed_0/embedding'] = Rule('token_embedding.weight')
   rules['txt/pos_embedding'] = Rule('positional_embedding', reshape_from(lambda t: t[1:]))
-  rules.update(torch_encoder_rules('txt/Encoder_0', 'transformer.resblocks', depth(''), OPENAI_BLOCK))
+  rules.update(torch_encoder_rules('txt/Encoder_0', 'transformer.resblocks', common.depth(config, 'text'),
+                                   OPENAI_BLOCK))
   rules.update(layernorm_rules('txt/Encoder_0/encoder_norm', 'ln_final'))
   rules['txt/head/kernel'] = Rule('text_projection', SAME)
   rules['t'] = Rule('logit_scale', reshape_from(lambda t: ()))

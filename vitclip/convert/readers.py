@@ -10,6 +10,7 @@
 
 import json
 import os
+import re
 import struct
 
 import ml_dtypes
@@ -26,6 +27,8 @@ _SAFETENSORS_DTYPES = {
 
 def read_arrays(path: str) -> dict[str, np.ndarray]:
   """One checkpoint file -> {key: array} (dtype as stored)."""
+  if os.path.isdir(path):
+    raise ConvertError(f'{path}: a directory; only Hugging Face folders (--format hf or auto) are read as folders.')
   if not os.path.isfile(path):
     raise ConvertError(f'{path}: no such file.')
   if path.endswith('.safetensors'):
@@ -69,15 +72,17 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  # torch raises many types for foreign files.
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(e)).strip()  # torch colours parts of its message.
+    first = text.splitlines()[0].rstrip(' ,.') if text else type(e).__name__
     raise ConvertError(f'{path}: torch.load(weights_only=True) failed ({first}). Only plain state dicts are read; '
                        'a TorchScript archive (OpenAI\'s original .pt) can be turned into one with '
                        'torch.jit.load(path).state_dict() saved via safetensors.') from None
   for wrapper in ('state_dict', 'model'):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]
-  if not isinstance(obj, dict):
-    raise ConvertError(f'{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}.')
+  if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+    raise ConvertError(f'{path}: expected a state dict (a dict of tensors), got {type(obj).__name__} without '
+                       'tensors.')
   out = {}
   for key, value in obj.items():
     if not isinstance(value, torch.Tensor):
