@@ -108,7 +108,8 @@ def setup_tokenizer(config, workdir: str) -> Tokenizer:
     return Tokenizer.from_file(os.path.expanduser(config.tokenizer.path), max_len)
   path = os.path.join(workdir, TOKENIZER_FILE)
   if not os.path.exists(path) and jax.process_index() == 0:
-    source, _ = sources.load_source(config.data.name, config.data.train_split, config_lib.data_dir(config))
+    source, _ = sources.load_source(config.data.name, config.data.train_split, config_lib.data_dir(config),
+                                   **sources.settings_for(config.data.name, config.data))
     n = min(len(source), config.tokenizer.train_captions)
     captions = (c for i in range(n) for c in _captions_or_empty(source, i))
     tok = train_bpe(captions, config.tokenizer.vocab_size, config.tokenizer.lowercase)

@@ -220,6 +220,14 @@ def _image_key(features, where: str) -> str:
   return images[0]
 
 
+def settings_for(name: str, data_config) -> dict:
+  """The generation settings `config.data.shapes` when `name` is a generated data set without an explicit
+  config, so that training and every evaluator read the data the config describes; {} otherwise."""
+  if parse_name(name)[0] in GENERATED and 'shapes' in data_config:
+    return data_config.shapes.to_dict()
+  return {}
+
+
 def load_source(name: str, split: str, data_dir: str, **shapes_settings):
   """Opens one split of a prepared data set for random access.
 

@@ -38,10 +38,7 @@ class _Head:
 def load_source(ctx: common.EvalContext, name: str, split: str, max_examples: int = 0):
   """(source, info) of a split, limited to its first `max_examples` records (0: all). A generated data set
   ('shapes') is read with the settings of `config.data.shapes`, i.e. the version the model was trained on."""
-  settings = {}
-  if sources.parse_name(name)[0] in sources.GENERATED and 'shapes' in ctx.config.data:
-    settings = ctx.config.data.shapes.to_dict()
-  source, info = sources.load_source(name, split, ctx.data_dir, **settings)
+  source, info = sources.load_source(name, split, ctx.data_dir, **sources.settings_for(name, ctx.config.data))
   return limit_source(source, max_examples), info
 
 

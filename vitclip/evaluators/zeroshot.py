@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from vitclip.data import pipeline, sources
-from vitclip.evaluators import common, templates as templates_lib
+from vitclip.evaluators import common, retrieval, templates as templates_lib
 
 
 def build_classifier(ctx: common.EvalContext, classnames: Sequence[str],
@@ -43,7 +43,7 @@ def classnames_for(cfg, info, name: str, feature: str) -> list[str]:
 
 def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float]:
   name, feature = parse_dataset(spec)
-  source, info = sources.load_source(name, cfg.split, ctx.data_dir)
+  source, info = retrieval.load_source(ctx, name, cfg.split)
   names = classnames_for(cfg, info, name, feature)
   classifier = build_classifier(ctx, names, templates_lib.get_templates(cfg.templates, feature))
   image_spec = ctx.image_spec()
