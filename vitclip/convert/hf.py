@@ -9,9 +9,8 @@ import os
 
 from vitclip import tokenizer as tokenizer_lib
 from vitclip.convert import common, families
-from vitclip.convert.common import (BIAS, CONV, HF_BLOCK, LINEAR, ConvertError, Rule, Source, SAME,
-                                    attention_rules, layernorm_rules, linear_rules, reshape_from,
-                                    torch_encoder_rules)
+from vitclip.convert.common import (CONV, HF_BLOCK, SAME, ConvertError, Rule, Source, attention_rules,
+                                    layernorm_rules, linear_rules, reshape_from, torch_encoder_rules)
 from vitclip.convert.readers import read_hf_weights
 
 # HF activation names -> vitclip's.
@@ -64,15 +63,19 @@ def _sizes(hf, source: Source, variant: str | None, embed_dim: int, b_key: str |
                         log_t=log_t, b=b)
 
 
-def _activation(hf) -> tuple[str, float]:
-  """(vitclip act, LayerNorm eps), the same for both towers."""
-  v, t = hf.vision_config, hf.text_config
-  if (v.hidden_act, v.layer_norm_eps) != (t.hidden_act, t.layer_norm_eps):
-    raise ConvertError(f'The towers differ in activation / LayerNorm eps ({v.hidden_act}, {v.layer_norm_eps} vs '
-                       f'{t.hidden_act}, {t.layer_norm_eps}); vitclip converts one setting for both.')
-  if v.hidden_act not in ACTIVATIONS:
-    raise ConvertError(f'Activation {v.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}.')
-  return ACTIVATIONS[v.hidden_act], v.layer_norm_eps
+def _activation(tower) -> tuple[str, float]:
+  """A transformers tower config -> (vitclip act, LayerNorm eps)."""
+  if tower.hidden_act not in ACTIVATIONS:
+    raise ConvertError(f'Activation {tower.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}.')
+  return ACTIVATIONS[tower.hidden_act], tower.layer_norm_eps
+
+
+def _set_activations(config, hf):
+  """Each tower's activation and LayerNorm eps from its own HF config (they may differ)."""
+  for tower, hf_tower in (('image', hf.vision_config), ('text', hf.text_config)):
+    act, eps = _activation(hf_tower)
+    config.model[tower].update(act=act, ln_eps=eps)
+  return config
 
 
 def _image_rules(patch_bias: bool) -> dict[str, Rule]:
@@ -105,11 +108,12 @@ def _clip(folder, hf, source, variant, tokenizer_path):
   if eos != 2 and eos != tok.eos_id:
     raise ConvertError(f'{folder}: text_config.eos_token_id={eos} but the tokenizer ends texts with id '
                        f'{tok.eos_id}; the model pools at the EOS token, so they must agree.')
-  act, eps = _activation(hf)
+  act, eps = _activation(hf.vision_config)
   mean, std = _image_stats(folder, families.OPENAI_MEAN, families.OPENAI_STD)
   # eos_token_id == 2 marks HF configs from before EOS pooling was fixed: they pool at the argmax of the ids.
-  config = families.clip_config(_sizes(hf, source, variant, hf.projection_dim, None), act=act, ln_eps=eps,
-                                eos_id=-1 if eos == 2 else eos, pad_id=tok.pad_id, mean=mean, std=std)
+  config = _set_activations(families.clip_config(
+      _sizes(hf, source, variant, hf.projection_dim, None), act=act, ln_eps=eps, eos_id=-1 if eos == 2 else eos,
+      pad_id=tok.pad_id, mean=mean, std=std), hf)
   e = 'vision_model.embeddings'
   rules = _image_rules(patch_bias=False)
   rules['img/cls'] = Rule(f'{e}.class_embedding', reshape_from(lambda t: t[-1:]))
@@ -134,9 +138,8 @@ def _siglip(folder, hf, source, variant, tokenizer_path):
     raise ConvertError(f'{folder}: vision_use_head=False (no MAP head) is not supported.')
   tok = _siglip_tokenizer(folder, tokenizer_path, t.max_position_embeddings)
   families.check_tokenizer(tok, t.vocab_size, tokenizer_path or folder)
-  act, eps = _activation(hf)
-  config = families.siglip_config(_sizes(hf, source, variant, v.hidden_size, 'logit_bias'), eos_id=tok.eos_id,
-                                  pad_id=tok.pad_id, act=act, ln_eps=eps)
+  config = _set_activations(families.siglip_config(
+      _sizes(hf, source, variant, v.hidden_size, 'logit_bias'), eos_id=tok.eos_id, pad_id=tok.pad_id), hf)
   rules = _image_rules(patch_bias=True)
   rules['img/pos_embedding'] = Rule('vision_model.embeddings.position_embedding.weight',
                                     reshape_from(lambda t: t[1:]))
