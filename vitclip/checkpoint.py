@@ -72,11 +72,13 @@ def step_dir(path: str) -> str:
   if os.path.isdir(os.path.join(path, STATE)):
     return path
   directory = os.path.join(os.path.abspath(path), 'checkpoints')
-  step = Checkpointer(path).latest_step() if os.path.isdir(directory) else None
-  if step is None:
+  # Read-only (no CheckpointManager, which may write): orbax renames a step dir to its number once complete.
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  steps = [int(d) for d in names if d.isdigit() and os.path.isdir(os.path.join(directory, d, STATE))]
+  if not steps:
     raise FileNotFoundError(f'no checkpoint under {directory}; train first or name a directory that holds '
                             'checkpoints/<step>/state.')
-  return os.path.join(directory, str(step))
+  return os.path.join(directory, str(max(steps)))
 
 
 def stored_param_shapes(path: str) -> dict[str, tuple[int, ...]]:
