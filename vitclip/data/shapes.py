@@ -265,14 +265,16 @@ _TEMPLATES = (_ONE, _TWO, _THREE)
 # Captions fit a text tower of 16 tokens (start + 14 + end) when every word and punctuation mark is one token,
 # as for a BPE trained on these captions: longer draws are discarded, so no object is ever cut off.
 MAX_CAPTION_TOKENS = 14
-P_SIZE, P_COLOR = 0.4, 0.5  # How often an object phrase names the size / the colour.
+P_SIZE, P_COLOR = 0.4, 0.15  # How often an object phrase names the size / the colour.
 _TOKEN_RE = re.compile(r'\w+|[^\w\s]')
 
 
 def _phrase(rnd: random.Random, shape: int, color: int, size: int) -> str:
   """'small red circle', 'red circle', 'small circle' or 'circle': the shape is always named, the size with
   probability P_SIZE and the colour with P_COLOR. Colour-free phrases make the shape words informative on their
-  own: colour is an easy shortcut that a contrastive model otherwise learns first and alone."""
+  own: colour is an easy shortcut that a contrastive model otherwise learns first and alone. (Measured, tiny/8
+  GAP model, 200 steps: shape zero-shot 22% with P_COLOR = 0.5, 33% with 0.15; colour zero-shot is ~98% either
+  way, since 15% of the phrases still name it.)"""
   words = [rnd.choice(_SIZE_WORDS[size])] if rnd.random() < P_SIZE else []
   if rnd.random() < P_COLOR:
     words.append(COLOR_NAMES[color])
@@ -419,8 +421,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class Shapes(sources.LocalBuilder, skip_registration=True):
   """TFDS builder of the shapes world (array_record, no TensorFlow needed). Pass `config=ShapesConfig.make()`."""
   name = 'shapes'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Eight shapes, eight colours, two sizes; 1-3 objects; masks and captions.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Eight shapes, eight colours, two sizes; 1-3 objects; masks and captions.',
+                   '1.1.0': 'Captions name an object\'s colour 15% of the time (was 50%).'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
