@@ -11,13 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import pretrained
+from configs import pretrained, shapes
 from tests.test_sharding import batch_for
-from tests.tiny import tiny_config
+from tests import tiny
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import init_from, train_step as train_step_lib, trainer
 
+# A CLIP-style image tower (CLS token, learned position embeddings): the one whose position grid init_from
+# resamples. The tiny demo tower pools by GAP with fixed sin-cos embeddings, which have no params.
+CLIP_IMAGE = {'model.image.pool': 'tok', 'model.image.posemb': 'learn', 'model.image.cls_token': True}
 FSDP = {'mesh': [('data', 2), ('fsdp', -1)], 'sharding.params': 'fsdp', 'sharding.fsdp_min_size': 256}
 
 
@@ -56,6 +59,10 @@ def start(data_dir, workdir, **overrides):
   """(run, state) of a tiny run set up in `workdir` and initialised (from config.init_from when given)."""
   run = trainer.setup(tiny_config(data_dir, **overrides), str(workdir))
   return run, trainer.create_state(run)
+
+
+def tiny_config(data_dir, **overrides):
+  return tiny.tiny_config(data_dir, **{**CLIP_IMAGE, **overrides})
 
 
 def assert_equal_trees(got, want):
@@ -163,7 +170,8 @@ def test_pretrained_config_types_and_base_settings(source, data_dir):
   with pytest.raises(TypeError):
     c.total_steps = 'many'
   on_shapes = pretrained.get_config(f'{converted},shapes')
-  assert on_shapes.total_steps == 1200 and on_shapes.model.to_dict() == c.model.to_dict()
+  assert on_shapes.total_steps == shapes.get_config().total_steps
+  assert on_shapes.model.to_dict() == c.model.to_dict()
   assert on_shapes.data.data_dir == '' and on_shapes.init_from == converted
 
 
