@@ -173,7 +173,7 @@ def shapes_dir(tmp_path_factory):
 
 def test_prepare_and_load_source(shapes_dir):
   data_dir, path = shapes_dir
-  assert path == os.path.join(data_dir, sources.shapes_name(**SMALL), '1.0.0')
+  assert path == os.path.join(data_dir, sources.shapes_name(**SMALL), str(shapes.Shapes.VERSION))
   for split, n in (('train', 200), ('validation', 20), ('test', 32)):
     source, info = sources.load_source('shapes', split, data_dir, **SMALL)
     assert len(source) == n
@@ -230,7 +230,7 @@ def test_prepare_is_a_noop_when_built(shapes_dir):
 def test_settings_select_the_data_set(tmp_path):
   data_dir = str(tmp_path)
   small = dict(SMALL, num_train=16, num_validation=0, num_test=8)
-  stale = os.path.join(data_dir, sources.shapes_name(**small), 'incomplete.CRASHED_1.0.0')
+  stale = os.path.join(data_dir, sources.shapes_name(**small), f'incomplete.CRASHED_{shapes.Shapes.VERSION}')
   os.makedirs(stale)  # Left behind by a build that was killed.
   # Two builders racing (threads: flock is per open file, so this exercises the lock).
   paths = []
@@ -241,7 +241,7 @@ def test_settings_select_the_data_set(tmp_path):
   for t in threads:
     t.join()
   assert len(paths) == 2 and paths[0] == paths[1]
-  assert os.listdir(os.path.dirname(paths[0])) == ['1.0.0']
+  assert os.listdir(os.path.dirname(paths[0])) == [str(shapes.Shapes.VERSION)]
   other = dict(small, image_size=24)
   sources.prepare('shapes', data_dir, **other)
   assert sources.decode_image(sources.load_source('shapes', 'test', data_dir, **other)[0][0]).shape == (24, 24, 3)
