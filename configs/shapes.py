@@ -12,7 +12,7 @@ from configs import base
 
 def get_config(arg=None):
   c = base.get_config()
-  c.total_steps = 400  # ~8 minutes on 2 CPU cores.
+  c.total_steps = 400  # ~11 minutes on 2 CPU cores.
   c.batch_size = 256
   c.data.shapes.image_size = 64
   c.data.crop_scale = (0.85, 1.0)
