@@ -63,6 +63,9 @@ def get_config(arg=None):
   c.model.image.act = 'gelu'  # 'gelu' | 'gelu_tanh' | 'quick_gelu'
   c.model.image.ln_eps = 1e-6
   c.model.image.patch_bias = True
+  # 'patch': one p x p conv of stride p (ViT). 'conv': log2(p) stride-2 3x3 convs + LayerNorm + activation, then
+  # a 1x1 conv (ViTc, Xiao et al. 2021); same token grid, faster to optimise on small data.
+  c.model.image.stem = 'patch'
   c.model.image.head = 'linear'  # 'linear' | 'none' (needs width == embed_dim)
   c.model.image.head_bias = False
   c.model.text = ml_collections.ConfigDict()

@@ -225,6 +225,10 @@ def test_bad_options_raise_clear_errors():
     init(vit(remat_policy='some'), images())
   with pytest.raises(ValueError, match='max_len'):
     init(text_tower(), jnp.zeros((1, LEN + 1), jnp.int32))
+  with pytest.raises(ValueError, match='power-of-two patch size'):
+    init(VisionTransformer(variant='micro/6', image_size=12, embed_dim=24, stem='conv'), images(size=12))
+  with pytest.raises(ValueError, match="stem 'conf'"):
+    init(vit(stem='conf'), images())
 
 
 # ------------------------------------------------------------------------------------ text masking, pooling
@@ -362,12 +366,26 @@ def np_block(x, p, eps, mode='standard'):
   return x + h @ m['Dense_1']['kernel'] + m['Dense_1']['bias']
 
 
+def np_conv3x3_stride2(x, p):
+  """[B, H, W, C] -> [B, H / 2, W / 2, C']: out[i, j] = sum_{a, b} pad(x)[2i + a, 2j + b] @ kernel[a, b]."""
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = x.shape[1] // 2, x.shape[2] // 2
+  return sum(xp[:, a:a + 2 * h:2, c:c + 2 * w:2] @ p['kernel'][a, c] for a in range(3) for c in range(3)) + p['bias']
+
+
 def np_vit_tokens(params, imgs, patch, eps, dense_mode):
   """Micro ViT with cls, learned posemb, ln_pre, float64: images -> (final-normed tokens [B, 1 + N, W],
   head params, keys of the last block [B, 1 + N, W])."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  b, h, w, c = imgs.shape
-  x = np.asarray(imgs, np.float64).reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  x = np.asarray(imgs, np.float64)
+  if 'stem_conv0' in p:  # ViTc stem: stride-2 3x3 convs (zero padding 1) + LayerNorm + GELU, then a 1x1 conv.
+    for i in range(patch.bit_length() - 1):
+      x = np_conv3x3_stride2(x, p[f'stem_conv{i}'])
+      x = np_layernorm(x, p[f'stem_norm{i}'], eps)
+      x = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    patch = 1
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
   x = np.einsum('bhwijc,ijcd->bhwd', x, p['embedding']['kernel']) + p['embedding']['bias']
   x = x.reshape(b, -1, x.shape[-1])
   x = np.concatenate([np.broadcast_to(p['cls'], (b, 1, x.shape[-1])), x], axis=1) + p['pos_embedding']
@@ -389,6 +407,19 @@ def test_vit_matches_numpy_reference():
   params = init(model, images())
   x, head, _ = np_vit_tokens(params, images(), 4, eps, 'standard')
   close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
+
+
+def test_conv_stem_matches_numpy_reference():
+  eps = 1e-5
+  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, stem='conv')
+  params = init(model, images())
+  # micro/4, width 32: two stride-2 convs with 16 and 32 channels, then the 1x1 token embedding.
+  assert params['stem_conv0']['kernel'].shape == (3, 3, 3, 16)
+  assert params['stem_conv1']['kernel'].shape == (3, 3, 16, 32)
+  assert params['embedding']['kernel'].shape == (1, 1, 32, 32)
+  x, head, _ = np_vit_tokens(params, images(), 4, eps, 'standard')
+  close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
+  assert model.apply({'params': params}, images(), 'maskclip', method='dense_features').shape == (2, 4, 4, 24)
 
 
 @pytest.mark.parametrize('mode', DENSE_MODES)

@@ -20,6 +20,7 @@ from vitclip.models.variants import decode_variant
 
 POOLS = ('tok', 'gap', 'map')
 POSEMBS = ('learn', 'sincos2d')
+STEMS = ('patch', 'conv')
 # Dense-feature mode -> how the last encoder block computes (see layers.BLOCK_MODES).
 DENSE_MODES = {
     'none': 'standard', 'plain': 'standard',
@@ -60,6 +61,7 @@ class VisionTransformer(nn.Module):
   act: str = 'gelu'
   ln_eps: float = 1e-6
   patch_bias: bool = True
+  stem: str = 'patch'
   head: str = 'linear'
   head_bias: bool = False
   embed_dim: int = 512
@@ -130,6 +132,12 @@ class VisionTransformer(nn.Module):
                        'pool="gap" / "map".')
     if self.posemb not in POSEMBS:
       raise ValueError(f'Unknown image posemb {self.posemb!r}; use one of {POSEMBS}.')
+    if self.stem not in STEMS:
+      raise ValueError(f'Unknown image stem {self.stem!r}; use one of {STEMS}.')
+    p = v['patch_size']
+    if self.stem == 'conv' and (p < 2 or p & (p - 1)):
+      raise ValueError(f'stem="conv" downsamples by stride-2 convolutions and needs a power-of-two patch size; '
+                       f'variant {self.variant!r} has patch {p}. Use stem="patch" or e.g. "{self.variant.split("/")[0]}/16".')
     layers.check_head(self.head, v['width'], self.embed_dim, 'image')
     return v
 
@@ -139,8 +147,12 @@ class VisionTransformer(nn.Module):
     if images.ndim != 4 or images.shape[1] < p or images.shape[2] < p:
       raise ValueError(f'Images of shape {images.shape} must be [B, H, W, C] with H, W >= patch size {p}.')
     dtype = layers.canonical_dtype(self.dtype)
-    x = nn.Conv(width, (p, p), strides=(p, p), padding='VALID', use_bias=self.patch_bias, dtype=dtype,
-                param_dtype=jnp.float32, name='embedding')(images.astype(dtype))
+    x = images.astype(dtype)
+    k = p  # Kernel and stride of the token embedding.
+    if self.stem == 'conv':
+      x, k = self._conv_stem(x, p, width, dtype), 1
+    x = nn.Conv(width, (k, k), strides=(k, k), padding='VALID', use_bias=self.patch_bias, dtype=dtype,
+                param_dtype=jnp.float32, name='embedding')(x)
     b, h, w, _ = x.shape
     x = x.reshape(b, h * w, width)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, width), jnp.float32) if self.cls_token else None
@@ -158,6 +170,21 @@ class VisionTransformer(nn.Module):
     if self.ln_pre:  # OpenAI CLIP normalizes the embedded tokens before the encoder.
       x = nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name='ln_pre')(x)
     return x, (h, w)
+
+  def _conv_stem(self, x, patch: int, width: int, dtype):
+    """ViTc stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch) stride-2
+    3x3 convolutions, channels doubling up to `width`, each followed by LayerNorm and the activation; the 1x1
+    `embedding` conv that follows maps to the tokens. Optimises faster than a patchify stem at the same token
+    count. [B, H, W, 3] -> [B, H // patch, W // patch, width]; rows / columns beyond a multiple of the patch
+    size are dropped first, as by the patchify stem."""
+    n = patch.bit_length() - 1
+    x = x[:, :x.shape[1] // patch * patch, :x.shape[2] // patch * patch]
+    for i in range(n):
+      x = nn.Conv(max(width >> (n - 1 - i), 8), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dtype,
+                  param_dtype=jnp.float32, name=f'stem_conv{i}')(x)
+      x = nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name=f'stem_norm{i}')(x)
+      x = layers.activation(self.act)(x)
+    return x
 
   def _project(self, x):
     return layers.projection_head(x, self.head, self.embed_dim, self.head_bias, self.dtype)
