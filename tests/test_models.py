@@ -409,17 +409,20 @@ def test_vit_matches_numpy_reference():
   close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
 
 
-def test_conv_stem_matches_numpy_reference():
+# micro is 32 wide: patch 4 -> two stride-2 convs (16, 32 channels), patch 8 -> three (8, 16, 32); then the 1x1
+# token embedding.
+@pytest.mark.parametrize('variant,size,channels', [('micro/4', IMG, [16, 32]), ('micro/8', 2 * IMG, [8, 16, 32])])
+def test_conv_stem_matches_numpy_reference(variant, size, channels):
   eps = 1e-5
-  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, stem='conv')
-  params = init(model, images())
-  # micro/4, width 32: two stride-2 convs with 16 and 32 channels, then the 1x1 token embedding.
-  assert params['stem_conv0']['kernel'].shape == (3, 3, 3, 16)
-  assert params['stem_conv1']['kernel'].shape == (3, 3, 16, 32)
+  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, stem='conv', variant=variant, image_size=size)
+  imgs = images(size=size)
+  params = init(model, imgs)
+  kernels = [params[f'stem_conv{i}']['kernel'].shape for i in range(len(channels))]
+  assert kernels == [(3, 3, c_in, c) for c_in, c in zip([3] + channels, channels)]
   assert params['embedding']['kernel'].shape == (1, 1, 32, 32)
-  x, head, _ = np_vit_tokens(params, images(), 4, eps, 'standard')
-  close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
-  assert model.apply({'params': params}, images(), 'maskclip', method='dense_features').shape == (2, 4, 4, 24)
+  x, head, _ = np_vit_tokens(params, imgs, int(variant.split('/')[1]), eps, 'standard')
+  close(model.apply({'params': params}, imgs), x[:, 0] @ head['kernel'] + head['bias'])
+  assert model.apply({'params': params}, imgs, 'maskclip', method='dense_features').shape == (2, 4, 4, 24)
 
 
 @pytest.mark.parametrize('mode', DENSE_MODES)
