@@ -4,7 +4,11 @@ Variants (`configs/shapes.py`, `configs/clip_b16.py`, ...) start from `get_confi
 fields. Every field can be overridden on the command line: `--config.loss.kind=sigmoid`.
 """
 
+import copy
+
 import ml_collections
+
+from vitclip import config as config_lib
 
 
 def get_config(arg=None):
@@ -48,7 +52,7 @@ def get_config(arg=None):
   c.model.dtype = 'float32'  # Matmul dtype; 'bfloat16' on accelerators. Params stay float32.
   c.model.remat_policy = 'none'  # 'none' | 'full' | 'dots'
   c.model.scan = False  # Scan over layers: faster compiles for deep towers.
-  # None = by loss kind (vitclip.config.resolve): softmax t=1/0.07, no bias, t <= 100 (CLIP);
+  # None = by loss kind, from loss.init_by_kind: softmax t=1/0.07, no bias, t <= 100 (CLIP);
   # sigmoid t=10, b=-10, t unclamped (SigLIP).
   c.model.t_init = ml_collections.FieldReference(None, field_type=float)  # Logit scale multiplier t at init.
   c.model.b_init = ml_collections.FieldReference(None, field_type=float)  # Logit bias b at init.
@@ -88,6 +92,9 @@ def get_config(arg=None):
   c.loss.kind = 'softmax'  # 'softmax' (CLIP InfoNCE) | 'sigmoid' (SigLIP)
   c.loss.impl = 'dense'  # 'dense' | 'gather' | 'ring'
   c.loss.softmax_weight = 0.5  # Weight of image->text in the softmax loss; text->image gets 1 - w.
+  # Per loss kind, the values of model.t_init / b_init / t_max left as None: CLIP (Radford et al. 2021) and
+  # SigLIP (Zhai et al. 2023). Configs may change them for one kind, e.g. loss.init_by_kind.sigmoid.b_init.
+  c.loss.init_by_kind = ml_collections.ConfigDict(copy.deepcopy(config_lib.LOSS_KIND_INIT))
 
   # ----------------------------------------------------------- optimizer
   c.optim = ml_collections.ConfigDict()

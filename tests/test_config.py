@@ -16,18 +16,28 @@ def test_resolve_fills_logit_defaults_by_loss_kind():
   softmax = config_lib.resolve(shapes.get_config())
   assert softmax.model.t_init == pytest.approx(1 / 0.07)
   assert softmax.model.b_init is None and softmax.model.t_max == 100.0
-  sigmoid = config_lib.resolve(shapes.get_config('sigmoid'))
+  sigmoid = config_lib.resolve(_sigmoid(base.get_config()))
   assert (sigmoid.model.t_init, sigmoid.model.b_init, sigmoid.model.t_max) == (10.0, -10.0, 0.0)
+  # configs/shapes.py starts b at its batch's prior, -log(256).
+  assert config_lib.resolve(shapes.get_config('sigmoid')).model.b_init == -5.5
   # Explicit values win over the kind's defaults.
   c = shapes.get_config('sigmoid')
   c.model.b_init = -5.0
   assert config_lib.resolve(c).model.b_init == -5.0
 
 
-def test_override_from_the_command_line_changes_the_default():
-  c = shapes.get_config()
+def _sigmoid(c):
   c.loss.kind = 'sigmoid'  # what --config.loss.kind=sigmoid does
-  assert config_lib.resolve(c).model.b_init == -10.0
+  return c
+
+
+def test_override_from_the_command_line_changes_the_default():
+  assert config_lib.resolve(_sigmoid(shapes.get_config())).model.b_init == -5.5
+  assert config_lib.resolve(_sigmoid(base.get_config())).model.b_init == -10.0
+  # A config saved before loss.init_by_kind existed resolves with the built-in table.
+  old = _sigmoid(base.get_config())
+  del old.loss['init_by_kind']
+  assert config_lib.resolve(old).model.b_init == -10.0
 
 
 @pytest.mark.parametrize('spec, devices, expected', [

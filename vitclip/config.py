@@ -14,7 +14,8 @@ LOSS_IMPLS = ('dense', 'gather', 'ring')
 PARAM_SHARDINGS = ('replicate', 'fsdp')
 GENERATED_DATASETS = ('shapes',)  # Built locally on first use; everything else must already exist.
 
-# Logit scale / bias defaults per loss kind: CLIP (Radford et al.) and SigLIP (Zhai et al. 2023).
+# Logit scale / bias defaults per loss kind: CLIP (Radford et al.) and SigLIP (Zhai et al. 2023); copied into
+# config.loss.init_by_kind by configs/base.py, where configs can change them.
 LOSS_KIND_INIT = {
     'softmax': dict(t_init=1 / 0.07, b_init=None, t_max=100.0),
     'sigmoid': dict(t_init=10.0, b_init=-10.0, t_max=0.0),
@@ -30,8 +31,9 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   if config.loss.kind not in LOSS_KINDS:
     raise ConfigError(f'config.loss.kind={config.loss.kind!r} is unknown; use one of {LOSS_KINDS}.')
+  defaults = config.loss.get('init_by_kind', LOSS_KIND_INIT)  # Configs saved before the field existed.
   with config.unlocked():
-    for key, value in LOSS_KIND_INIT[config.loss.kind].items():
+    for key, value in defaults[config.loss.kind].items():
       if config.model[key] is None:
         config.model[key] = value
   return config
