@@ -135,9 +135,10 @@ class VisionTransformer(nn.Module):
     if self.stem not in STEMS:
       raise ValueError(f'Unknown image stem {self.stem!r}; use one of {STEMS}.')
     p = v['patch_size']
-    if self.stem != 'patch' and (p < 2 or p & (p - 1)):
-      raise ValueError(f'stem={self.stem!r} downsamples by stride-2 convolutions and needs a power-of-two patch size; '
-                       f'variant {self.variant!r} has patch {p}. Use stem="patch" or e.g. "{self.variant.split("/")[0]}/16".')
+    if self.stem == 'conv' and (p < 2 or p & (p - 1)):
+      raise ValueError(f'stem="conv" downsamples by stride-2 convolutions and needs a power-of-two patch size; '
+                       f'variant {self.variant!r} has patch {p}. Use stem="patch" or a patch size such as 8 '
+                       'or 16.')
     layers.check_head(self.head, v['width'], self.embed_dim, 'image')
     return v
 
@@ -149,7 +150,7 @@ class VisionTransformer(nn.Module):
     dtype = layers.canonical_dtype(self.dtype)
     x = images.astype(dtype)
     k = p  # Kernel and stride of the token embedding.
-    if self.stem != 'patch':
+    if self.stem == 'conv':
       x, k = self._conv_stem(x, p, width, dtype), 1
     x = nn.Conv(width, (k, k), strides=(k, k), padding='VALID', use_bias=self.patch_bias, dtype=dtype,
                 param_dtype=jnp.float32, name='embedding')(x)
@@ -174,10 +175,10 @@ class VisionTransformer(nn.Module):
   def _conv_stem(self, x, patch: int, width: int, dtype):
     """ViTc stem (Xiao et al. 2021, "Early convolutions help transformers see better"): log2(patch) stride-2
     3x3 convolutions, zero-padded, channels doubling up to `width`, each followed by LayerNorm and the
-    activation; the 1x1 `embedding` conv that follows maps to the tokens. Overlapping receptive fields make
-    the token features robust to where an edge falls within a patch, so the tower optimises much faster than
-    with a single patchify layer. [B, H, W, 3] -> [B, H // patch, W // patch, width]; rows / columns beyond a
-    multiple of the patch size are dropped first, as by the patchify stem."""
+    activation; the 1x1 `embedding` conv that follows maps to the tokens. On the shapes world the tower
+    learns much faster than with a single patchify layer (numbers in configs/shapes.py).
+    [B, H, W, 3] -> [B, H // patch, W // patch, width]; rows / columns beyond a multiple of the patch size are
+    dropped first, as by the patchify stem."""
     n = patch.bit_length() - 1
     x = x[:, :x.shape[1] // patch * patch, :x.shape[2] // patch * patch]
     for i in range(n):
