@@ -129,7 +129,8 @@ def test_mismatched_variant_names_the_first_bad_key_and_shapes(source, data_dir,
   with pytest.raises(config_lib.ConfigError) as e:
     start(data_dir, tmp_path, init_from=converted, **{'model.image.variant': 'micro/4'})
   msg = str(e.value)
-  assert "'img/embedding/kernel' has shape (8, 8, 3, 32) in the checkpoint but the model expects (4, 4, 3, 32)" in msg
+  # configs/shapes.py uses the conv stem: micro/8 has three stride-2 convs (8, 16, 32 channels), micro/4 two.
+  assert "'img/stem_conv0/bias' has shape (8,) in the checkpoint but the model expects (16,)" in msg
   assert "model.image.variant ('micro/8' there, 'micro/4' here)" in msg
 
 
