@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vitclip import config as config_lib
-from vitclip import distributed
+from vitclip import distributed, host_malloc
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/x.py or configs/x.py:arg).',
                                           lock_config=True)
@@ -36,4 +36,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_malloc.reexec_if_needed()
   app.run(main)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vitclip import config as config_lib, sharding, trainer  # noqa: E402
+from vitclip import config as config_lib, host_malloc, sharding, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=False)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
@@ -96,4 +96,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_malloc.reexec_if_needed()
   app.run(main)
