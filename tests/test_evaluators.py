@@ -342,3 +342,22 @@ def test_templates_from_the_command_line_string():
   assert len(templates.get_templates('clip80')) == 80 and len(templates.get_templates('clip7')) == 7
   with pytest.raises(ValueError, match='unknown'):
     templates.get_templates('clip81')
+
+
+def test_dense_ceiling_by_hand():
+  from benchmarks import dense_ceiling
+  # 8 x 8 mask, 4 x 4 cells: class 1 fills the top-left cell exactly; class 2 is one pixel of the bottom-right
+  # cell, so every oracle labels that cell background.
+  mask = np.zeros((1, 8, 8), np.int32)
+  mask[0, :4, :4] = 1
+  mask[0, 7, 7] = 2
+  mask[0, 0, 7] = 255  # ignored
+  scores = dense_ceiling.cell_scores(mask, 3, 4, 255)
+  np.testing.assert_allclose(scores['fractions'][0, 0, 0], [0, 1, 0])
+  np.testing.assert_allclose(scores['fractions'][0, 1, 1], [15 / 16, 0, 1 / 16])
+  np.testing.assert_allclose(scores['fractions'][0, 0, 1], [15 / 16, 0, 0])  # the ignored pixel counts nowhere
+  np.testing.assert_array_equal(scores['majority'][0].argmax(-1), [[1, 0], [0, 0]])
+  # Upsampled bilinearly, class 1 keeps its cell but the inner corner pixel (3, 3), where the four cells
+  # blend, goes to background: IoU 15/16. Background: 46 of 48 (that pixel and class 2's). Class 2: 0.
+  expected = (15 / 16 + 46 / 48 + 0) / 3
+  assert dense_ceiling.ceiling(mask, 3, 4, 255) == pytest.approx({'fractions': expected, 'majority': expected})
