@@ -8,8 +8,8 @@ quarter of all CPU time spent in the kernel. One arena that keeps what it frees 
 (shapes demo: 4.5 GB resident instead of 1.9 GB). glibc reads these settings only when a process starts,
 hence the re-exec.
 
-Skipped when an accelerator is visible (input pipelines there are threaded, and one arena would serialize
-them), when the user already set any MALLOC_* variable, on non-glibc systems, or with VITCLIP_HOST_MALLOC=0.
+Skipped when an accelerator is visible (the step's temporaries then live on the device, and one host arena
+for a threaded input pipeline is unmeasured), when the user already set any MALLOC_* variable, on non-glibc systems, or with VITCLIP_HOST_MALLOC=0.
 """
 
 import glob
