@@ -9,7 +9,8 @@ quarter of all CPU time spent in the kernel. One arena that keeps what it frees 
 hence the re-exec.
 
 Skipped when an accelerator is visible (the step's temporaries then live on the device, and one host arena
-for a threaded input pipeline is unmeasured), when the user already set any MALLOC_* variable, on non-glibc systems, or with VITCLIP_HOST_MALLOC=0.
+for a threaded input pipeline is unmeasured), when the user already set any MALLOC_* variable, on non-glibc
+systems, or with VITCLIP_HOST_MALLOC=0.
 """
 
 import glob
