@@ -17,15 +17,14 @@ from jax.extend import core as jax_core
 
 
 def _dot_general_flops(eqn) -> int:
-  (lhs_contract, _), (lhs_batch, _) = eqn.params['dimension_numbers']
-  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-  contracted = math.prod(lhs[d] for d in lhs_contract)
-  out = math.prod(eqn.outvars[0].aval.shape)  # batch x lhs free x rhs free
-  del rhs, lhs_batch
-  return 2 * out * contracted
+  """2 x output elements (batch x lhs free x rhs free) x contracted elements."""
+  (lhs_contract, _), _ = eqn.params['dimension_numbers']
+  lhs = eqn.invars[0].aval.shape
+  return 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
 
 
 def _conv_flops(eqn) -> int:
+  """2 x output elements x kernel elements per output feature."""
   rhs = eqn.invars[1].aval.shape
   dn = eqn.params['dimension_numbers']
   out_features = rhs[dn.rhs_spec[0]]
