@@ -18,8 +18,9 @@ def test_resolve_fills_logit_defaults_by_loss_kind():
   assert softmax.model.b_init is None and softmax.model.t_max == 100.0
   sigmoid = config_lib.resolve(_sigmoid(base.get_config()))
   assert (sigmoid.model.t_init, sigmoid.model.b_init, sigmoid.model.t_max) == (10.0, -10.0, 0.0)
-  # configs/shapes.py starts b at its batch's prior, -log(256).
-  assert config_lib.resolve(shapes.get_config('sigmoid')).model.b_init == -5.5
+  # configs/shapes.py sets its own sigmoid init (measured at batch 256).
+  shapes_sigmoid = config_lib.resolve(shapes.get_config('sigmoid')).model
+  assert (shapes_sigmoid.t_init, shapes_sigmoid.b_init) == (pytest.approx(1 / 0.07), -4.0)
   # Explicit values win over the kind's defaults.
   c = shapes.get_config('sigmoid')
   c.model.b_init = -5.0
@@ -32,7 +33,7 @@ def _sigmoid(c):
 
 
 def test_override_from_the_command_line_changes_the_default():
-  assert config_lib.resolve(_sigmoid(shapes.get_config())).model.b_init == -5.5
+  assert config_lib.resolve(_sigmoid(shapes.get_config())).model.b_init == -4.0
   assert config_lib.resolve(_sigmoid(base.get_config())).model.b_init == -10.0
   # A config saved before loss.init_by_kind existed resolves with the built-in table.
   old = _sigmoid(base.get_config())
