@@ -57,13 +57,14 @@ def xla_flops(compiled) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
-def model_flops(config, state, batch) -> int:
+def model_flops(run: trainer.Run, state, batch) -> int:
   """Global FLOPs of one step as the model defines it: the step traced with remat off, never compiled."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.remat_policy = 'none'
-  step = trainer.compile_train_step(build_benchmark_run(config))
-  return flops.count_matmul_flops(step, *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                      (state, batch)))
+  if run.config.model.remat_policy != 'none':
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    config.model.remat_policy = 'none'
+    run = build_benchmark_run(config)
+  return flops.count_matmul_flops(trainer.compile_train_step(run),
+                                  *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch)))
 
 
 def random_batch(config, mesh):
@@ -85,7 +86,7 @@ def main(argv):
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   xla_flops_per_device = xla_flops(compiled)  # Per device for SPMD programs.
-  flops_per_device = model_flops(cfg, state, batch) / jax.device_count()
+  flops_per_device = model_flops(run, state, batch) / jax.device_count()
   for _ in range(_WARMUP.value):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
