@@ -26,8 +26,8 @@ from ml_collections import config_flags  # noqa: E402
 from vitclip import config as config_lib, flops, host_malloc, sharding, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=False)
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.', lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', lower_bound=0)
 _JSON = flags.DEFINE_string('json', '', 'Write the results here as JSON.')
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Per-device peak (dense bf16) TFLOP/s for MFU; 0: from a table.')
 flags.mark_flags_as_required(['config'])
@@ -88,8 +88,8 @@ def main(argv):
   xla_flops_per_device = xla_flops(compiled)  # Per device for SPMD programs.
   flops_per_device = model_flops(run, state, batch) / jax.device_count()
   for _ in range(_WARMUP.value):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(_STEPS.value):
     state, metrics = compiled(state, batch)

@@ -1,5 +1,10 @@
 """Model-FLOP counting from jaxprs against hand counts and the published ViT-B/16 figure."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +71,22 @@ def test_vit_forward_matches_published_count(variant, gmacs):
   params = jax.eval_shape(model.init, jax.random.key(0), images)
   counted = flops.count_matmul_flops(model.apply, params, images) / 2 / 1e9
   np.testing.assert_allclose(counted, gmacs, rtol=0.01)
+
+
+def test_step_benchmark_model_flops_ignore_remat(tmp_path):
+  """benchmarks/step.py: the model FLOPs (and so MFU) are the same with and without remat; XLA's own count grows
+  with the recomputation."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  results = {}
+  for remat in ('none', 'full'):
+    out = tmp_path / f'{remat}.json'
+    subprocess.run([sys.executable, 'benchmarks/step.py', '--config', 'tests/tiny.py',
+                    f'--config.model.remat_policy={remat}', '--steps', '1', '--warmup', '0', '--peak_tflops', '1',
+                    '--json', str(out)], cwd=root, check=True, capture_output=True)
+    results[remat] = json.loads(out.read_text())
+  none, full = results['none'], results['full']
+  assert none['model_tflops_per_device_per_step'] > 0
+  assert full['model_tflops_per_device_per_step'] == none['model_tflops_per_device_per_step']
+  assert full['xla_cost_analysis_tflops_per_device_per_step'] > none['xla_cost_analysis_tflops_per_device_per_step']
+  for r in results.values():
+    assert r['mfu'] == pytest.approx(r['model_tflops_per_device_per_step'] / r['step_s'])
