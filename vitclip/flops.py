@@ -1,7 +1,7 @@
 """Model FLOPs of a JAX function, counted from its jaxpr: every matrix product and convolution, nothing else.
 
 MFU needs the FLOPs the model defines, independent of backend and of rematerialisation. XLA's cost analysis
-gives neither reliably: on GPU it leaves out the matmuls it hands to cuBLAS (a B/16 train step reads as ~1/25
+gives neither reliably: on GPU it leaves out the matmuls it hands to cuBLAS (a B/16 train step reads as ~1/24
 of its true count), and it counts recomputed activations. Counting `dot_general` and `conv_general_dilated`
 in the traced program is exact for what dominates a transformer; elementwise work (softmax, norms, GELU) is
 left out, as in the usual 6·N·D estimates.
