@@ -374,8 +374,8 @@ def np_conv3x3_stride2(x, p):
 
 
 def np_vit_tokens(params, imgs, patch, eps, dense_mode):
-  """Micro ViT with cls, learned posemb, ln_pre, float64: images -> (final-normed tokens [B, 1 + N, W],
-  head params, keys of the last block [B, 1 + N, W])."""
+  """Micro ViT with cls, learned posemb, ln_pre, optional registers, float64: images -> (final-normed tokens
+  [B, 1 + R + N, W], head params, keys of the last block [B, 1 + R + N, W])."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   x = np.asarray(imgs, np.float64)
   if 'stem_conv0' in p:  # ViTc stem: stride-2 3x3 convs (zero padding 1) + LayerNorm + GELU, then a 1x1 conv.
@@ -389,6 +389,9 @@ def np_vit_tokens(params, imgs, patch, eps, dense_mode):
   x = np.einsum('bhwijc,ijcd->bhwd', x, p['embedding']['kernel']) + p['embedding']['bias']
   x = x.reshape(b, -1, x.shape[-1])
   x = np.concatenate([np.broadcast_to(p['cls'], (b, 1, x.shape[-1])), x], axis=1) + p['pos_embedding']
+  if 'registers' in p:  # After the CLS token, without position embedding.
+    regs = np.broadcast_to(p['registers'], (b, *p['registers'].shape[1:]))
+    x = np.concatenate([x[:, :1], regs, x[:, 1:]], axis=1)
   x = np_layernorm(x, p['ln_pre'], eps)
   enc = p['Transformer']
   depth = sum(k.startswith('encoderblock_') for k in enc)
@@ -401,12 +404,29 @@ def np_vit_tokens(params, imgs, patch, eps, dense_mode):
   return np_layernorm(x, enc['encoder_norm'], eps), p['head'], keys.reshape(*keys.shape[:2], -1)
 
 
-def test_vit_matches_numpy_reference():
+@pytest.mark.parametrize('num_registers', [0, 2])
+def test_vit_matches_numpy_reference(num_registers):
   eps = 1e-5
-  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, act='gelu')
+  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, act='gelu', num_registers=num_registers)
   params = init(model, images())
+  assert ('registers' in params) == bool(num_registers)
   x, head, _ = np_vit_tokens(params, images(), 4, eps, 'standard')
   close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
+
+
+def test_registers_take_part_in_attention_but_not_in_outputs():
+  eps = 1e-5
+  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, pool='gap', num_registers=3)
+  params = init(model, images())
+  x, head, keys = np_vit_tokens(params, images(), 4, eps, 'standard')
+  patches = x[:, 1 + 3:] @ head['kernel'] + head['bias']  # CLS and registers dropped.
+  close(model.apply({'params': params}, images()), patches.mean(1))  # GAP over the patches only.
+  close(model.apply({'params': params}, images(), 'none', method='dense_features'), patches.reshape(2, 4, 4, -1))
+  close(model.apply({'params': params}, images(), method='dense_keys'), keys[:, 1 + 3:].reshape(2, 4, 4, -1))
+  # Registers influence the patches through attention (a channel-constant shift would vanish in ln_pre).
+  moved = {**params, 'registers': params['registers'] * -5.}
+  assert not np.allclose(model.apply({'params': moved}, images()), model.apply({'params': params}, images()),
+                         atol=1e-4)
 
 
 # micro is 32 wide: patch 4 -> two stride-2 convs (16, 32 channels), patch 8 -> three (8, 16, 32); then the 1x1

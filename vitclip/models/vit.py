@@ -1,6 +1,6 @@
 """Vision Transformer image tower (Dosovitskiy et al. 2021) with the CLIP / SigLIP options, and dense features.
 
-images [B, H, W, 3] -> patches [B, h, w, W] (h = H // patch) -> tokens [B, (1 +) h·w, W] -> Encoder
+images [B, H, W, 3] -> patches [B, h, w, W] (h = H // patch) -> tokens [B, (1 +) R + h·w, W] -> Encoder
 -> pooled [B, W] -> projection [B, embed_dim].
 
 Layout choices that matter for converted checkpoints:
@@ -68,6 +68,11 @@ class VisionTransformer(nn.Module):
   dtype: layers.Dtype = 'float32'
   remat_policy: str = 'none'
   scan: bool = False
+  # Register tokens (Darcet et al. 2024, "Vision Transformers Need Registers"): learned tokens after the CLS
+  # token, without position embedding, dropped from the output. They give the encoder room for global
+  # computation that would otherwise be stored in low-information patch tokens, whose dense features then no
+  # longer describe their own patch.
+  num_registers: int = 0
 
   @nn.compact
   def __call__(self, images, *, dense_mode=None):
@@ -88,21 +93,21 @@ class VisionTransformer(nn.Module):
     encoder = layers.Encoder(
         depth=v['depth'], num_heads=v['num_heads'], mlp_dim=v['mlp_dim'], act=self.act, ln_eps=self.ln_eps,
         dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan, name='Transformer')
+    num_prefix = int(self.cls_token) + self.num_registers  # Tokens in front of the patches.
     if dense_mode == 'keys':
-      k = encoder.last_block_keys(x)
-      k = k[:, 1:] if self.cls_token else k
+      k = encoder.last_block_keys(x)[:, num_prefix:]
       return k.reshape(k.shape[0], h, w, -1)
     if dense_mode is not None:
       if dense_mode not in DENSE_MODES:
         raise ValueError(f'Unknown dense feature mode {dense_mode!r}; use one of {sorted(DENSE_MODES)}.')
       x = encoder(x, last_block_mode=DENSE_MODES[dense_mode])
-      x = x[:, 1:] if self.cls_token else x  # Pooling is ignored: every patch token goes through the head.
+      x = x[:, num_prefix:]  # Pooling is ignored: every patch token goes through the head.
       return self._project(x).reshape(x.shape[0], h, w, -1)
     x = encoder(x)
     if self.pool == 'tok':
       x = x[:, 0]
     elif self.pool == 'gap':
-      x = jnp.mean(x[:, 1:] if self.cls_token else x, axis=1)
+      x = jnp.mean(x[:, num_prefix:], axis=1)
     else:
       x = layers.MAPHead(v['num_heads'], v['mlp_dim'], self.act, self.ln_eps, self.dtype, name='MAPHead_0')(x)
     return self._project(x)
@@ -127,6 +132,8 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'Image variant {self.variant!r} has no patch size; use e.g. "B/16".')
     if self.pool not in POOLS:
       raise ValueError(f'Unknown image pool {self.pool!r}; use one of {POOLS}.')
+    if self.num_registers < 0:
+      raise ValueError(f'Image num_registers={self.num_registers} must be >= 0.')
     if self.pool == 'tok' and not self.cls_token:
       raise ValueError('pool="tok" pools the CLS token but cls_token=False; set cls_token=True or use '
                        'pool="gap" / "map".')
@@ -143,7 +150,8 @@ class VisionTransformer(nn.Module):
     return v
 
   def _embed(self, images, v):
-    """images [B, H, W, 3] -> (tokens [B, (1 +) h·w, W] in the computation dtype, (h, w))."""
+    """images [B, H, W, 3] -> (tokens [B, (1 +) R + h·w, W]: CLS, R registers, patches; in the computation
+    dtype, (h, w))."""
     p, width = v['patch_size'], v['width']
     if images.ndim != 4 or images.shape[1] < p or images.shape[2] < p:
       raise ValueError(f'Images of shape {images.shape} must be [B, H, W, C] with H, W >= patch size {p}.')
@@ -166,6 +174,10 @@ class VisionTransformer(nn.Module):
     else:  # The CLS token gets no position embedding (big_vision).
       pos_cls, pos_grid = jnp.zeros((1, int(self.cls_token), width)), posemb_sincos_2d(h, w, width)
     x = x + pos_grid.astype(dtype)
+    if self.num_registers:
+      reg = self.param('registers', nn.initializers.normal(stddev=0.02), (1, self.num_registers, width),
+                       jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(reg.astype(dtype), (b, self.num_registers, width)), x], axis=1)
     if cls is not None:
       x = jnp.concatenate([jnp.broadcast_to((cls + pos_cls).astype(dtype), (b, 1, width)), x], axis=1)
     if self.ln_pre:  # OpenAI CLIP normalizes the embedded tokens before the encoder.
