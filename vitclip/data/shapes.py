@@ -275,7 +275,8 @@ def _phrase(rnd: random.Random, shape: int, color: int, size: int) -> str:
   own: colour is an easy shortcut that a contrastive model otherwise learns first and alone. (Measured, tiny/8
   GAP model, 200 steps: shape zero-shot 22% with P_COLOR = 0.5, 33% with 0.15; colour zero-shot is ~98% either
   way, since 15% of the phrases still name it.) The price shows in the conv-stem default of configs/shapes.py:
-  after 540 steps its colour zero-shot is at chance (12%), and 25% with P_SIZE, P_COLOR = 0.7, 0.3 (sigmoid)."""
+  its colour zero-shot is near chance (13% after 1800 steps of 64; 25% with P_SIZE, P_COLOR = 0.7, 0.3 in an
+  earlier sigmoid run of 540 steps of 256)."""
   words = [rnd.choice(_SIZE_WORDS[size])] if rnd.random() < P_SIZE else []
   if rnd.random() < P_COLOR:
     words.append(COLOR_NAMES[color])
