@@ -16,7 +16,7 @@ def get_config(arg=None):
   # 540 x 256 -> 84.7% / 63.0%; 900 x 128 -> 92.7% / 82.9%; 1800 x 64 -> 98.9% / 98.5% (at step 1200 already
   # 96.4% / 96.3%). A 2-core CPU runs batches of 64 nearly as fast per example as batches of 256 (~315 vs ~365
   # samples/s in the training loop), so the same wall-clock time buys 3.3x the updates.
-  c.total_steps = 1800  # ~7.5 minutes on 2 CPU cores, generating the data set included.
+  c.total_steps = 1800  # ~7 minutes on 2 CPU cores, generating the data set included.
   c.batch_size = 64
   c.data.shapes.image_size = 48
   # No crop augmentation: 1800 x 64 examples see each of the 50k generated scenes about 2.3 times, and on 2
