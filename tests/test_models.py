@@ -355,11 +355,9 @@ def np_block(x, p, eps, mode='standard'):
       'clearclip': lambda: attend(q, q, v),
   }[mode]()
   attn = np.einsum('blhd,hdw->blw', mixed, a['out']['kernel']) + a['out']['bias']
-  if mode == 'clearclip':  # No residual, no MLP.
+  if mode in ('clearclip', 'reduced'):  # No residual, no MLP.
     return attn
   x = x + attn
-  if mode == 'reduced':  # No MLP.
-    return x
   m = p['MlpBlock_0']
   h = np_layernorm(x, p['LayerNorm_1'], eps) @ m['Dense_0']['kernel'] + m['Dense_0']['bias']
   h = 0.5 * h * (1 + erf(h / np.sqrt(2)))  # Exact GELU.
@@ -452,6 +450,38 @@ def test_dense_features_match_numpy_reference(mode):
   params = init(model, images(), TOKENS)
   x, head, _ = np_vit_tokens(params['img'], images(), 4, eps, 'standard' if mode == 'none' else mode)
   ref = (x[:, 1:] @ head['kernel'] + head['bias']).reshape(2, 4, 4, -1)  # CLS dropped.
+  ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
+  close(model.apply({'params': params}, images(), mode, method='dense_image_features'), ref)
+
+
+def np_map_head_dense(x, p, eps, mode):
+  """The MAP head applied per token in float64: tokens [B, L, W] -> [B, L, W], each token its own query."""
+  a = p['MultiHeadDotProductAttention_0']
+  proj = lambda name: np.einsum('blw,whd->blhd', x, a[name]['kernel']) + a[name]['bias']
+  attend = lambda s, t, v: np.einsum('bhqk,bkhd->bqhd', np_softmax(np.einsum('bqhd,bkhd->bhqk', s, t) /
+                                                                   np.sqrt(s.shape[-1])), v)
+  q, k, v = proj('query'), proj('key'), proj('value')
+  mixed = {'maskclip': v, 'reduced': v, 'sclip': attend(q, q, v) + attend(k, k, v), 'clearclip': attend(q, q, v)}
+  o = np.einsum('blhd,hdw->blw', mixed[mode], a['out']['kernel']) + a['out']['bias']
+  if mode in ('reduced', 'clearclip'):
+    return o
+  m = p['MlpBlock_0']
+  h = np_layernorm(o, p['LayerNorm_0'], eps) @ m['Dense_0']['kernel'] + m['Dense_0']['bias']
+  h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+  return o + h @ m['Dense_1']['kernel'] + m['Dense_1']['bias']
+
+
+@pytest.mark.parametrize('mode', ['none', 'maskclip', 'reduced', 'sclip', 'clearclip'])
+def test_map_pooled_dense_features_go_through_the_map_head(mode):
+  eps = 1e-5
+  model = build_model(micro_config(**{'image.ln_pre': True, 'image.ln_eps': eps, 'image.head_bias': True,
+                                      'image.pool': 'map'}))
+  params = init(model, images(), TOKENS)
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params['img'])
+  x, head, _ = np_vit_tokens(params['img'], images(), 4, eps, 'standard')  # The encoder itself is unchanged.
+  if mode != 'none':
+    x = np_map_head_dense(x, p64['MAPHead_0'], eps, mode)
+  ref = (x[:, 1:] @ head['kernel'] + head['bias']).reshape(2, 4, 4, -1)
   ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
   close(model.apply({'params': params}, images(), mode, method='dense_image_features'), ref)
 

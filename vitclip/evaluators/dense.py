@@ -6,8 +6,9 @@ softmax(temperature · logits) -> optional Prompt Denoising and Key Smoothing ->
 ground-truth mask size -> argmax -> confusion matrix -> mIoU.
 
 Methods (how the last ViT block computes, see vitclip.models.layers.BLOCK_MODES): 'none' (plain last-layer
-patch tokens), 'maskclip' (Zhou et al. 2022: v -> out-projection -> residual -> MLP), 'reduced' (no MLP),
-'sclip' (q-q + k-k attention), 'clearclip' (q-q attention, no residual / MLP).
+patch tokens), 'maskclip' (Zhou et al. 2022: v -> out-projection -> residual -> MLP), 'reduced' (v ->
+out-projection only: no residual, no MLP), 'sclip' (q-q + k-k attention), 'clearclip' (q-q attention, no
+residual / MLP).
 
 Refinements of MaskCLIP (Zhou et al. 2022), at patch level, per image (per window with sliding windows):
   * Prompt Denoising (PD): drop foreground class c if max over positions of softmax(100·logits)[c] < 0.5.

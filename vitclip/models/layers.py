@@ -35,13 +35,13 @@ REMAT_POLICIES = {
 # How an EncoderBlock computes: mode -> (attention map, residual around attention, MLP sub-block).
 # The non-standard modes are training-free dense-feature variants applied to the last block of a CLIP ViT:
 #   maskclip  (Zhou et al. 2022): identity attention (out(v)), residual and MLP kept.
-#   reduced:  identity attention with its residual, no MLP.
+#   reduced:  the value path alone: out(v), no residual, no MLP.
 #   sclip     (Wang et al. 2023): softmax(q qᵀ) + softmax(k kᵀ), residual and MLP kept.
 #   clearclip (Lan et al. 2024): softmax(q qᵀ), no residual, no MLP.
 BLOCK_MODES = {
     'standard': ('qk', True, True),
     'maskclip': ('identity', True, True),
-    'reduced': ('identity', True, False),
+    'reduced': ('identity', False, False),
     'sclip': ('qq+kk', True, True),
     'clearclip': ('qq', False, False),
 }
@@ -271,17 +271,30 @@ class MAPHead(nn.Module):
   dtype: Dtype = 'float32'
 
   @nn.compact
-  def __call__(self, x, mask=None):
-    """x: [B, L, W]; mask: bool [B, L], True = token may be attended (None: all)."""
+  def __call__(self, x, mask=None, dense_mode=None):
+    """Pools x: [B, L, W] -> [B, W]; mask: bool [B, L], True = token may be attended (None: all).
+
+    dense_mode: a non-standard key of `BLOCK_MODES` -> [B, L, W]: every token is its own query and goes through
+    the head with that mode's attention and MLP choice (the head has no residual around its attention). For a
+    MAP-pooled tower this head, not the last encoder block, is the attention that pools, so MaskCLIP's change
+    belongs here.
+    """
     dtype = canonical_dtype(self.dtype)
     width = x.shape[-1]
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, width), jnp.float32)
-    probe = jnp.broadcast_to(probe, (x.shape[0], 1, width)).astype(dtype)
-    key_mask = None if mask is None else mask[:, None, None, :]
-    x = MultiHeadAttention(self.num_heads, dtype, name='MultiHeadDotProductAttention_0')(probe, x, key_mask)
-    y = nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name='LayerNorm_0')(x)
-    x = x + MlpBlock(self.mlp_dim, self.act, dtype, name='MlpBlock_0')(y)
-    return x[:, 0]
+    attn = MultiHeadAttention(self.num_heads, dtype, name='MultiHeadDotProductAttention_0')
+    if dense_mode is None:
+      probe = jnp.broadcast_to(probe, (x.shape[0], 1, width)).astype(dtype)
+      x, use_mlp = attn(probe, x, None if mask is None else mask[:, None, None, :]), True
+    else:
+      if dense_mode not in BLOCK_MODES or dense_mode == 'standard':
+        raise ValueError(f'MAP head dense_mode {dense_mode!r}; use one of {sorted(set(BLOCK_MODES) - {"standard"})}.')
+      attention, _, use_mlp = BLOCK_MODES[dense_mode]
+      x = attn(x, attention=attention)
+    if use_mlp:
+      y = nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name='LayerNorm_0')(x)
+      x = x + MlpBlock(self.mlp_dim, self.act, dtype, name='MlpBlock_0')(y)
+    return x[:, 0] if dense_mode is None else x
 
 
 def check_head(head: str, width: int, embed_dim: int, tower: str):

@@ -100,8 +100,12 @@ class VisionTransformer(nn.Module):
     if dense_mode is not None:
       if dense_mode not in DENSE_MODES:
         raise ValueError(f'Unknown dense feature mode {dense_mode!r}; use one of {sorted(DENSE_MODES)}.')
-      x = encoder(x, last_block_mode=DENSE_MODES[dense_mode])
-      x = x[:, num_prefix:]  # Pooling is ignored: every patch token goes through the head.
+      mode = DENSE_MODES[dense_mode]
+      if self.pool == 'map' and mode != 'standard':  # The MAP head is the attention that pools: change it.
+        x = self._map_head(v)(encoder(x), dense_mode=mode)
+      else:
+        x = encoder(x, last_block_mode=mode)
+      x = x[:, num_prefix:]  # Every patch token goes through the projection head.
       return self._project(x).reshape(x.shape[0], h, w, -1)
     x = encoder(x)
     if self.pool == 'tok':
@@ -109,14 +113,18 @@ class VisionTransformer(nn.Module):
     elif self.pool == 'gap':
       x = jnp.mean(x[:, num_prefix:], axis=1)
     else:
-      x = layers.MAPHead(v['num_heads'], v['mlp_dim'], self.act, self.ln_eps, self.dtype, name='MAPHead_0')(x)
+      x = self._map_head(v)(x)
     return self._project(x)
+
+  def _map_head(self, v):
+    return layers.MAPHead(v['num_heads'], v['mlp_dim'], self.act, self.ln_eps, self.dtype, name='MAPHead_0')
 
   def dense_features(self, images, mode='maskclip'):
     """images [B, H, W, 3] -> patch features [B, H // patch, W // patch, embed_dim] (not normalized).
 
     mode: 'none' / 'plain' (last-layer patch tokens), 'maskclip', 'reduced', 'sclip' or 'clearclip'
-    (how the last block computes; see layers.BLOCK_MODES). The CLS token is dropped.
+    (how the last block computes, see layers.BLOCK_MODES; with pool='map' the MAP head computes so instead,
+    every token its own query). The CLS token and registers are dropped.
     """
     return self(images, dense_mode=mode)
 
