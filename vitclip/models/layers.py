@@ -288,7 +288,8 @@ class MAPHead(nn.Module):
       x, use_mlp = attn(probe, x, None if mask is None else mask[:, None, None, :]), True
     else:
       if dense_mode not in BLOCK_MODES or dense_mode == 'standard':
-        raise ValueError(f'MAP head dense_mode {dense_mode!r}; use one of {sorted(set(BLOCK_MODES) - {"standard"})}.')
+        modes = sorted(set(BLOCK_MODES) - {'standard'})
+        raise ValueError(f'MAP head dense_mode {dense_mode!r}; use one of {modes}.')
       attention, _, use_mlp = BLOCK_MODES[dense_mode]
       x = attn(x, attention=attention)
     if use_mlp:
