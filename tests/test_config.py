@@ -18,7 +18,7 @@ def test_resolve_fills_logit_defaults_by_loss_kind():
   assert softmax.model.b_init is None and softmax.model.t_max == 100.0
   sigmoid = config_lib.resolve(_sigmoid(base.get_config()))
   assert (sigmoid.model.t_init, sigmoid.model.b_init, sigmoid.model.t_max) == (10.0, -10.0, 0.0)
-  # configs/shapes.py sets its own sigmoid init (measured at batch 256).
+  # configs/shapes.py sets its own sigmoid init (b about -log(64), its batch; see the sweep there).
   shapes_sigmoid = config_lib.resolve(shapes.get_config('sigmoid')).model
   assert (shapes_sigmoid.t_init, shapes_sigmoid.b_init) == (pytest.approx(1 / 0.07), -4.0)
   # Explicit values win over the kind's defaults.
