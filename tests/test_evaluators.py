@@ -50,6 +50,14 @@ def test_segmentation_metrics_excludes_absent_classes():
   assert empty['miou'] == 0.0 and empty['pixel_acc'] == 0.0
 
 
+def test_foreground_iou_and_true_background():
+  # gt:   [0, 0, 1, 2, 2]; pred: [0, 1, 2, 2, 0] -> foreground in both at pixels 2, 3; in either at 1-4.
+  gt, pred = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 2, 2, 0])
+  assert metrics.segmentation_metrics(metrics.confusion_matrix(pred, gt, 3))['fg_iou'] == pytest.approx(2 / 4)
+  assert metrics.segmentation_metrics(np.diag([5, 0, 0]))['fg_iou'] == 0.0  # No foreground anywhere.
+  np.testing.assert_array_equal(metrics.with_true_background(np.array([1, 1, 2, 2, 1]), gt), [0, 0, 2, 2, 1])
+
+
 def test_retrieval_recall_several_captions_and_ties():
   txt_to_img = np.array([0, 0, 1, 2, 2])
   sim = np.array([
@@ -262,7 +270,8 @@ def test_retrieval_skips_bad_records_and_caps_examples(ctx, monkeypatch):
 
 def _reference_confusion(ctx, records, classifier, method):
   """Independent re-computation of the 'maskclip' prompt-background prediction (no KS / PD): patch features of
-  the model x classifier -> softmax(100 [max bg, fg]) -> bilinear resize -> argmax -> confusion matrix."""
+  the model x classifier -> softmax(100 [max bg, fg]) -> bilinear resize -> argmax -> confusion matrix; and
+  the confusion matrix with the background from the ground truth (best foreground class elsewhere)."""
   spec = ctx.image_spec()
   images = jnp.asarray(np.stack([spec.eval_view(sources.decode_image(r)) for r in records]))
   feats = np.asarray(dense_features(ctx, images, method))
@@ -274,7 +283,9 @@ def _reference_confusion(ctx, records, classifier, method):
   up = jax.image.resize(probs, (len(records), *size, probs.shape[-1]), 'bilinear')
   pred = np.asarray(jnp.argmax(up, -1))
   gt = np.stack([r['mask'] for r in records])
-  return metrics.confusion_matrix(pred, gt, 1 + len(shapes.SHAPE_NAMES)), gt
+  num_classes = 1 + len(shapes.SHAPE_NAMES)
+  true_bg = np.where(gt == 0, 0, np.asarray(jnp.argmax(up[..., 1:], -1)) + 1)
+  return metrics.confusion_matrix(pred, gt, num_classes), gt, metrics.confusion_matrix(true_bg, gt, num_classes)
 
 
 def test_dense_sweep_matches_reference_and_writes_overlays(ctx):
@@ -291,9 +302,13 @@ def test_dense_sweep_matches_reference_and_writes_overlays(ctx):
   templates = dense.templates_lib.get_templates(cfg.templates)
   classifier, nb = dense.build_classifier(ctx, cfg, fg, templates)
   assert nb == len(cfg.background_prompts) and classifier.shape == (nb + len(fg), ctx.config.model.embed_dim)
-  conf, gt = _reference_confusion(ctx, records, classifier, 'maskclip')
+  conf, gt, true_bg_conf = _reference_confusion(ctx, records, classifier, 'maskclip')
   ref = metrics.segmentation_metrics(conf)
   assert results['dense/shapes/miou'] == pytest.approx(ref['miou'], abs=1e-6)
+  assert results['dense/shapes/fg_iou'] == pytest.approx(ref['fg_iou'], abs=1e-6)
+  assert results['dense/shapes/maskclip/fg_iou'] == results['dense/shapes/fg_iou']
+  assert results['dense/shapes/miou_true_background'] == pytest.approx(
+      metrics.segmentation_metrics(true_bg_conf)['miou'], abs=1e-6)
   assert results['dense/shapes/pixel_acc'] == pytest.approx(ref['pixel_acc'], abs=1e-6)
   assert results['dense/shapes/maskclip/miou'] == results['dense/shapes/miou']
   for name, iou in zip(['background'] + fg, ref['iou']):

@@ -34,7 +34,12 @@ patch size; this keeps the scores small, [B, S / patch, S / patch, 1 + C]).
 
 With `sweep`, every method x (KS+PD off, on) is computed from one jit'd function per batch (the shared trunk
 of the image tower is deduplicated by XLA's common-subexpression elimination) and reported as
-`dense/<dataset>/<method>[_kspd]/miou`, next to `dense/<dataset>/all_background/miou` (the trivial baseline).
+`dense/<dataset>/<method>[_kspd]/miou` (and `.../fg_iou`), next to `dense/<dataset>/all_background/miou` (the
+trivial baseline).
+
+Two diagnostics separate the two ways dense probing fails: `fg_iou`, the class-agnostic foreground IoU (is the
+background found?), and `miou_true_background`, the mIoU of the main setting when every ground-truth background
+pixel is given the background and every other pixel its best foreground class (are the shapes told apart?).
 """
 
 import dataclasses
@@ -336,6 +341,7 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
 
   confusions = {v.name: np.zeros((num_classes, num_classes), np.int64) for v in variants}
   all_bg = np.zeros((num_classes, num_classes), np.int64)
+  true_bg = np.zeros((num_classes, num_classes), np.int64)  # Main variant, background from the ground truth.
   shown = []  # (record index, prediction, mask) of the first examples, for the overlays.
   num_valid = 0
   for batch, valid in retrieval.indexed_batches(source, convert, ctx):
@@ -356,6 +362,9 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
       for v, p in zip(variants, preds):
         confusions[v.name] += metrics.confusion_matrix(p, gt, num_classes, cfg.ignore_index)
       all_bg += metrics.confusion_matrix(np.zeros_like(gt), gt, num_classes, cfg.ignore_index)
+      fg_pred = np.asarray(_upsample_argmax_jit(stacked[0, ..., 1:], size)) + 1  # Best foreground class.
+      true_bg += metrics.confusion_matrix(metrics.with_true_background(fg_pred, gt), gt, num_classes,
+                                          cfg.ignore_index)
       for j, i in enumerate(group):
         if len(shown) < cfg.num_overlays:
           shown.append((int(index[i]), preds[0, j], masks[i]))
@@ -364,13 +373,15 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
 
   m = metrics.segmentation_metrics(confusions[main.name])
   results = {f'dense/{key}/miou': m['miou'], f'dense/{key}/pixel_acc': m['pixel_acc'],
-             f'dense/{key}/mean_acc': m['mean_acc']}
+             f'dense/{key}/mean_acc': m['mean_acc'], f'dense/{key}/fg_iou': m['fg_iou'],
+             f'dense/{key}/miou_true_background': metrics.segmentation_metrics(true_bg)['miou']}
   for cls, iou in zip(class_names, m['iou']):
     if not np.isnan(iou):
       results[f'dense/{key}/iou/{re.sub(r"[^A-Za-z0-9.+-]+", "_", cls)}'] = float(iou)
   if cfg.sweep:
     for v in variants:
-      results[f'dense/{key}/{v.name}/miou'] = metrics.segmentation_metrics(confusions[v.name])['miou']
+      sm = metrics.segmentation_metrics(confusions[v.name])
+      results[f'dense/{key}/{v.name}/miou'], results[f'dense/{key}/{v.name}/fg_iou'] = sm['miou'], sm['fg_iou']
   results[f'dense/{key}/all_background/miou'] = metrics.segmentation_metrics(all_bg)['miou']
 
   if shown and ctx.workdir and jax.process_index() == 0:

@@ -52,7 +52,9 @@ def segmentation_metrics(conf: np.ndarray) -> dict:
         union 0 has an undefined IoU and is excluded; 0.0 if no class is present),
       iou: float64 [C], per-class IoU, NaN where the union is 0,
       pixel_acc: float, correctly classified pixels / scored pixels (0.0 if none),
-      mean_acc: float, mean over classes present in the ground truth of the per-class recall).
+      mean_acc: float, mean over classes present in the ground truth of the per-class recall,
+      fg_iou: float, class-agnostic foreground IoU with class 0 as the background: pixels of any other class
+        in both the ground truth and the prediction / in either (0.0 if neither has any)).
   """
   conf = np.asarray(conf, np.float64)
   tp = np.diag(conf)
@@ -62,12 +64,24 @@ def segmentation_metrics(conf: np.ndarray) -> dict:
     iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
     acc = np.where(gt_count > 0, tp / np.where(gt_count > 0, gt_count, 1), np.nan)
   total = conf.sum()
+  fg_both, fg_either = conf[1:, 1:].sum(), total - conf[0, 0]
   return dict(
       miou=float(np.nanmean(iou)) if np.any(union > 0) else 0.0,
       iou=iou,
       pixel_acc=float(tp.sum() / total) if total > 0 else 0.0,
       mean_acc=float(np.nanmean(acc)) if np.any(gt_count > 0) else 0.0,
+      fg_iou=float(fg_both / fg_either) if fg_either > 0 else 0.0,
   )
+
+
+def with_true_background(fg_pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """The prediction with the background taken from the ground truth: 0 where gt == 0, else `fg_pred`.
+
+  fg_pred: int [...] foreground class per pixel (values >= 1); gt: int [...] same shape -> int [...]. Scored
+  against gt, this isolates how well the foreground classes are told apart from how well the background is
+  found (an upper bound for better background handling).
+  """
+  return np.where(np.asarray(gt) == 0, 0, fg_pred)
 
 
 def retrieval_recall(sim: np.ndarray, txt_to_img: np.ndarray, ks: Sequence[int] = (1, 5, 10),
