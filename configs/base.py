@@ -176,6 +176,9 @@ def get_config(arg=None):
   # Sliding windows (pixels, multiples of the patch size) over the resized image; slide_size 0 = off.
   c.evals.dense.slide_size = 0
   c.evals.dense.slide_stride = 0
+  # Multi-scale inference (mmseg's multi-scale test): more input sizes, e.g. (48, 96); every size's per-class
+  # scores are upsampled to the mask and averaged before the argmax. () = input_size alone.
+  c.evals.dense.input_sizes = ()
   c.evals.dense.sweep = False  # Also report every method x (KS+PD off / on): dense/<ds>/<method>[_kspd]/miou.
   c.evals.dense.num_overlays = 8  # PNGs image | prediction | truth in <workdir>/dense_overlays/; 0 = none.
   return c

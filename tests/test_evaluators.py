@@ -2,6 +2,7 @@
 Prompt Denoising on hand-made arrays, and both evaluators end to end on a tiny generated `shapes` data set with
 a micro model, against independent re-computations (8 simulated CPU devices, eval batch 8)."""
 
+import dataclasses
 import os
 
 import jax
@@ -268,19 +269,22 @@ def test_retrieval_skips_bad_records_and_caps_examples(ctx, monkeypatch):
     assert results[f'retrieval/shapes/{k}'] == pytest.approx(v, abs=1e-6), k
 
 
-def _reference_confusion(ctx, records, classifier, method):
+def _reference_confusion(ctx, records, classifier, method, sizes=(None,)):
   """Independent re-computation of the 'maskclip' prompt-background prediction (no KS / PD): patch features of
   the model x classifier -> softmax(100 [max bg, fg]) -> bilinear resize -> argmax -> confusion matrix; and
-  the confusion matrix with the background from the ground truth (best foreground class elsewhere)."""
-  spec = ctx.image_spec()
-  images = jnp.asarray(np.stack([spec.eval_view(sources.decode_image(r)) for r in records]))
-  feats = np.asarray(dense_features(ctx, images, method))
-  logits = np.einsum('bhwd,kd->bhwk', feats, classifier)
-  nb = len(ctx.config.evals.dense.background_prompts)
-  logits = np.concatenate([logits[..., :nb].max(-1, keepdims=True), logits[..., nb:]], -1)
-  probs = softmax(100 * logits)
-  size = records[0]['mask'].shape
-  up = jax.image.resize(probs, (len(records), *size, probs.shape[-1]), 'bilinear')
+  the confusion matrix with the background from the ground truth (best foreground class elsewhere).
+  sizes: input sizes (None: the model's); multi-scale sums the upsampled probabilities of every size."""
+  up = 0
+  for input_size in sizes:
+    spec = ctx.image_spec() if input_size is None else dataclasses.replace(ctx.image_spec(), size=input_size)
+    images = jnp.asarray(np.stack([spec.eval_view(sources.decode_image(r)) for r in records]))
+    feats = np.asarray(dense_features(ctx, images, method))
+    logits = np.einsum('bhwd,kd->bhwk', feats, classifier)
+    nb = len(ctx.config.evals.dense.background_prompts)
+    logits = np.concatenate([logits[..., :nb].max(-1, keepdims=True), logits[..., nb:]], -1)
+    probs = softmax(100 * logits)
+    size = records[0]['mask'].shape
+    up = up + jax.image.resize(probs, (len(records), *size, probs.shape[-1]), 'bilinear')
   pred = np.asarray(jnp.argmax(up, -1))
   gt = np.stack([r['mask'] for r in records])
   num_classes = 1 + len(shapes.SHAPE_NAMES)
@@ -322,6 +326,38 @@ def test_dense_sweep_matches_reference_and_writes_overlays(ctx):
   assert results['dense/shapes/all_background/miou'] == pytest.approx(bg_frac / present)
   out_dir = os.path.join(ctx.workdir, 'dense_overlays', 'shapes_maskclip')
   assert sorted(os.listdir(out_dir)) == ['000.png', '001.png', '002.png']
+
+
+def test_dense_multiscale_matches_reference(ctx):
+  """input_sizes=(32, 64): the upsampled per-class scores of both sizes are summed before the argmax."""
+  cfg = ctx.config.evals.dense
+  with cfg.unlocked():
+    cfg.input_sizes, cfg.num_overlays = (32, 64), 0
+  try:
+    results = dense.evaluate(ctx, cfg)
+  finally:
+    with cfg.unlocked():
+      cfg.input_sizes, cfg.num_overlays = (), 3
+  records = _validation(ctx)
+  classifier, _ = dense.build_classifier(ctx, cfg, list(shapes.SHAPE_NAMES), dense.templates_lib.get_templates(
+      cfg.templates))
+  conf, _, true_bg_conf = _reference_confusion(ctx, records, classifier, 'maskclip', sizes=(32, 64))
+  _, _, single_true_bg_conf = _reference_confusion(ctx, records, classifier, 'maskclip')
+  assert not np.array_equal(true_bg_conf, single_true_bg_conf)  # The second scale changes the prediction.
+  assert results['dense/shapes/miou'] == pytest.approx(metrics.segmentation_metrics(conf)['miou'], abs=1e-6)
+  assert results['dense/shapes/miou_true_background'] == pytest.approx(
+      metrics.segmentation_metrics(true_bg_conf)['miou'], abs=1e-6)
+
+
+def test_dense_input_sizes_are_checked():
+  cfg = shapes_config.get_config().evals.dense
+  assert dense.check_config(cfg, 48, 8) == [(48, 0, 0)]
+  cfg.input_sizes, cfg.slide_size, cfg.slide_stride = (48, 96), 48, 24
+  assert dense.check_config(cfg, 48, 8) == [(48, 0, 0), (96, 48, 24)]  # One window covers the 48 px scale.
+  for sizes, match in (((48, 48), 'repeats'), ((0,), 'positive'), ((44,), 'multiple of the patch size')):
+    cfg.input_sizes = sizes
+    with pytest.raises(ValueError, match=match):
+      dense.check_config(cfg, 48, 8)
 
 
 def test_dense_batch_fn_plain_and_sliding_windows(ctx):

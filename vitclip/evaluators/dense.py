@@ -25,7 +25,10 @@ Background (class 0) is either
 Upsampling: the per-class scores (probabilities after PD / KS) are upsampled bilinearly (half-pixel centres,
 as F.interpolate(align_corners=False)), never the argmax.
 
-Images are resized to `input_size` (0: the model resolution). With `slide_size` > 0 the resized image is cut
+Images are resized to `input_size` (0: the model resolution), or to each of `input_sizes` (multi-scale
+inference, as mmseg's multi-scale test: each size's per-class scores are upsampled to the mask and averaged
+before the argmax; the sliding-window settings apply to every size larger than `slide_size`; measured on the
+shapes model, (48, 96) beats either size alone). With `slide_size` > 0 the resized image is cut
 into overlapping `slide_size` windows at `slide_stride`; each window goes through the model (the ViT
 interpolates its position embeddings when `slide_size` differs from the training resolution) and its patch
 scores are averaged where windows overlap (mmseg's slide inference, but averaged on the patch grid before the
@@ -162,11 +165,15 @@ def slide_windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
   return [(y, x) for y in starts for x in starts]
 
 
-def upsample_argmax(scores: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """scores float [..., h, w, K] -> int32 [..., H, W]: bilinear upsampling to `size`, argmax over K."""
-  if tuple(scores.shape[-3:-1]) != tuple(size):
-    scores = jax.image.resize(scores, (*scores.shape[:-3], *size, scores.shape[-1]), method='bilinear')
-  return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+def upsample_argmax(scores: jax.Array | list | tuple, size: tuple[int, int]) -> jax.Array:
+  """scores: float [..., h, w, K], or a list / tuple of them, one per scale (grids may differ) ->
+  int32 [..., H, W]: each bilinearly upsampled to `size`, summed over the scales, argmax over K."""
+  total = 0.
+  for s in scores if isinstance(scores, (list, tuple)) else [scores]:
+    if tuple(s.shape[-3:-1]) != tuple(size):
+      s = jax.image.resize(s, (*s.shape[:-3], *size, s.shape[-1]), method='bilinear')
+    total = total + s
+  return jnp.argmax(total, axis=-1).astype(jnp.int32)
 
 
 _upsample_argmax_jit = jax.jit(upsample_argmax, static_argnums=1)
@@ -267,13 +274,24 @@ def build_classifier(ctx, cfg, fg_names: Sequence[str], templates: Sequence[str]
   return np.concatenate([bg, fg]).astype(np.float32), len(prompts)
 
 
-def check_config(cfg, model_size: int, patch: int) -> tuple[int, int, int]:
-  """Validates the dense settings; returns (input_size, slide_size, slide_stride)."""
+def check_config(cfg, model_size: int, patch: int) -> list[tuple[int, int, int]]:
+  """Validates the dense settings; returns (input_size, slide_size, slide_stride) per inference scale."""
   if cfg.method not in METHODS:
     raise ValueError(f'config.evals.dense.method={cfg.method!r}; use one of {METHODS}.')
   if cfg.background not in BACKGROUNDS:
     raise ValueError(f'config.evals.dense.background={cfg.background!r}; use one of {BACKGROUNDS}.')
-  input_size = cfg.input_size or model_size
+  sizes = tuple(cfg.get('input_sizes', ())) or (cfg.input_size or model_size,)
+  for size in sizes:
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+      raise ValueError(f'config.evals.dense.input_sizes={tuple(sizes)!r}: use positive integers (pixels), '
+                       'e.g. "(48, 96)".')
+  if len(set(sizes)) != len(sizes):
+    raise ValueError(f'config.evals.dense.input_sizes={tuple(sizes)!r} repeats a size; list each size once.')
+  return [_check_scale(cfg, size, patch) for size in sizes]
+
+
+def _check_scale(cfg, input_size: int, patch: int) -> tuple[int, int, int]:
+  """(input_size, slide_size, slide_stride) of one scale; slide_size 0 where one window covers the image."""
   slide_size, stride = cfg.slide_size, cfg.slide_stride
   if slide_size and slide_size >= input_size:
     slide_size = 0  # One window covers the image: plain inference.
@@ -285,8 +303,9 @@ def check_config(cfg, model_size: int, patch: int) -> tuple[int, int, int]:
     if stride % patch:
       raise ValueError(f'config.evals.dense.slide_stride={stride} is not a multiple of the patch size {patch}.')
   if input_size % patch:
-    raise ValueError(f'config.evals.dense.input_size={input_size} is not a multiple of the patch size {patch}.')
-  return input_size, slide_size, stride
+    raise ValueError(f'config.evals.dense input size {input_size} is not a multiple of the patch size {patch}; '
+                     'set input_size / input_sizes to multiples of it.')
+  return input_size, slide_size, stride if slide_size else 0
 
 
 def read_mask(record, feature: str) -> np.ndarray:
@@ -304,7 +323,7 @@ def read_mask(record, feature: str) -> np.ndarray:
 def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float]:
   model_cfg = ctx.config.model.image
   patch = decode_variant(model_cfg.variant)['patch_size']
-  input_size, slide_size, slide_stride = check_config(cfg, model_cfg.image_size, patch)
+  scales = check_config(cfg, model_cfg.image_size, patch)  # [(input_size, slide_size, slide_stride)]
   templates = templates_lib.get_templates(cfg.templates, 'label')
 
   name, mask_feature = parse_dataset(spec, cfg.mask_feature)
@@ -321,12 +340,11 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
   variants = [main]
   if cfg.sweep:
     variants += [v for m in METHODS for v in (Variant(m), Variant(m, True, True)) if v != main]
-  batch_fn = jax.jit(make_batch_fn(ctx.model, variants, opts, patch=patch, input_size=input_size,
-                                   slide_size=slide_size, slide_stride=slide_stride),
-                     out_shardings=sharding.batch_sharding(ctx.mesh))
+  batch_fns = [jax.jit(make_batch_fn(ctx.model, variants, opts, patch=patch, input_size=size, slide_size=slide,
+                                     slide_stride=stride), out_shardings=sharding.batch_sharding(ctx.mesh))
+               for size, slide, stride in scales]
   classifier = jax.device_put(classifier, sharding.replicated(ctx.mesh))
-
-  image_spec = dataclasses.replace(ctx.image_spec(), size=input_size)
+  image_specs = [dataclasses.replace(ctx.image_spec(), size=size) for size, _, _ in scales]
 
   def convert(record):
     image = sources.decode_image(record)
@@ -337,7 +355,7 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
                        'config.evals.dense.mask_feature (or the dataset entry "name:feature").') from None
     if mask.shape != image.shape[:2]:
       raise sources.BadRecordError(f'mask shape {mask.shape} != image shape {image.shape[:2]}.')
-    return {'image': image_spec.eval_view(image)}
+    return {f'image{i}': image_spec.eval_view(image) for i, image_spec in enumerate(image_specs)}
 
   confusions = {v.name: np.zeros((num_classes, num_classes), np.int64) for v in variants}
   all_bg = np.zeros((num_classes, num_classes), np.int64)
@@ -345,8 +363,8 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
   shown = []  # (record index, prediction, mask) of the first examples, for the overlays.
   num_valid = 0
   for batch, valid in retrieval.indexed_batches(source, convert, ctx):
-    scores = {k: np.asarray(common._gather(v)) for k, v in batch_fn(ctx.params, batch['image'],
-                                                                       classifier).items()}
+    scores = [{k: np.asarray(common._gather(v)) for k, v in fn(ctx.params, batch[f'image{i}'], classifier).items()}
+              for i, fn in enumerate(batch_fns)]  # Per scale: {variant name: [B, g, g, 1 + C]}.
     index = retrieval.gather_index(batch)
     rows = np.flatnonzero(valid)
     num_valid += len(rows)
@@ -356,13 +374,13 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
     for i in rows:
       groups.setdefault(masks[int(i)].shape, []).append(int(i))
     for size, group in groups.items():
-      stacked = np.stack([scores[v.name][group] for v in variants])  # [V, n, s, s, 1 + C]
+      stacked = [np.stack([s[v.name][group] for v in variants]) for s in scores]  # [V, n, g, g, 1 + C]
       preds = np.asarray(_upsample_argmax_jit(stacked, size))  # [V, n, H, W]
       gt = np.stack([masks[i] for i in group])
       for v, p in zip(variants, preds):
         confusions[v.name] += metrics.confusion_matrix(p, gt, num_classes, cfg.ignore_index)
       all_bg += metrics.confusion_matrix(np.zeros_like(gt), gt, num_classes, cfg.ignore_index)
-      fg_pred = np.asarray(_upsample_argmax_jit(stacked[0, ..., 1:], size)) + 1  # Best foreground class.
+      fg_pred = np.asarray(_upsample_argmax_jit([s[0, ..., 1:] for s in stacked], size)) + 1  # Best class.
       true_bg += metrics.confusion_matrix(metrics.with_true_background(fg_pred, gt), gt, num_classes,
                                           cfg.ignore_index)
       for j, i in enumerate(group):
