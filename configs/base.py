@@ -63,6 +63,7 @@ def get_config(arg=None):
   c.model.image.posemb = 'learn'  # 'learn' | 'sincos2d'
   c.model.image.cls_token = True
   c.model.image.num_registers = 0  # Learned register tokens (Darcet et al. 2024), dropped from the output.
+  c.model.image.attention_radius = 0  # Patch tokens attend within this many grid steps; 0 = global attention.
   c.model.image.ln_pre = False  # OpenAI CLIP normalises the embedded tokens before the encoder.
   c.model.image.pool = 'tok'  # 'tok' | 'gap' | 'map'
   c.model.image.act = 'gelu'  # 'gelu' | 'gelu_tanh' | 'quick_gelu'

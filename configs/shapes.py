@@ -33,6 +33,12 @@ def get_config(arg=None):
   # time at 64 px; 48 px images (6 x 6 tokens) win the time back. GAP also makes each patch's projected
   # feature a summand of the image embedding, which dense probing reads.
   c.model.image.update(stem='conv', pool='gap', posemb='sincos2d', cls_token=False)
+  # Local attention (radius 1: each patch token attends to its 3 x 3 neighbourhood in every block). With global
+  # attention this GAP tower writes the scene's class into the background patches, and dense probing cannot find
+  # the background: MaskCLIP + KS + PD mIoU 0.105 at 48 px, 0.221 at 48 + 96 px; radius 1: 0.34 and 0.44 (none +
+  # KS + PD), with the shapes named almost perfectly given the true background (miou_true_background 0.87 at
+  # 48 px). Shape zero-shot is unchanged (99.7%).
+  c.model.image.attention_radius = 1
   c.model.text.variant = 'tiny'
   c.model.text.max_len = 16
 

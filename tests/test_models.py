@@ -339,12 +339,14 @@ def np_softmax(x):
   return e / e.sum(-1, keepdims=True)
 
 
-def np_block(x, p, eps, mode='standard'):
-  """One pre-LN block in float64. Dense modes change the last block (MaskCLIP, SCLIP, ClearCLIP papers)."""
+def np_block(x, p, eps, mode='standard', mask=None):
+  """One pre-LN block in float64. Dense modes change the last block (MaskCLIP, SCLIP, ClearCLIP papers).
+  mask: bool [L, L], True = may attend (None: everywhere)."""
   a = p['MultiHeadDotProductAttention_0']
   proj = lambda y, name: np.einsum('blw,whd->blhd', y, a[name]['kernel']) + a[name]['bias']
-  attend = lambda s, t, v: np.einsum('bhqk,bkhd->bqhd', np_softmax(np.einsum('bqhd,bkhd->bhqk', s, t) /
-                                                                   np.sqrt(s.shape[-1])), v)
+  allowed = np.ones((x.shape[1],) * 2, bool) if mask is None else mask
+  attend = lambda s, t, v: np.einsum('bhqk,bkhd->bqhd', np_softmax(np.where(
+      allowed, np.einsum('bqhd,bkhd->bhqk', s, t) / np.sqrt(s.shape[-1]), -np.inf)), v)
   y = np_layernorm(x, p['LayerNorm_0'], eps)
   q, k, v = proj(y, 'query'), proj(y, 'key'), proj(y, 'value')
   mixed = {
@@ -371,9 +373,10 @@ def np_conv3x3_stride2(x, p):
   return sum(xp[:, a:a + 2 * h:2, c:c + 2 * w:2] @ p['kernel'][a, c] for a in range(3) for c in range(3)) + p['bias']
 
 
-def np_vit_tokens(params, imgs, patch, eps, dense_mode):
+def np_vit_tokens(params, imgs, patch, eps, dense_mode, radius=0):
   """Micro ViT with cls, learned posemb, ln_pre, optional registers, float64: images -> (final-normed tokens
-  [B, 1 + R + N, W], head params, keys of the last block [B, 1 + R + N, W])."""
+  [B, 1 + R + N, W], head params, keys of the last block [B, 1 + R + N, W]). radius > 0: patch tokens attend
+  to patch tokens at most `radius` grid steps away in each direction (CLS and registers: everywhere)."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   x = np.asarray(imgs, np.float64)
   if 'stem_conv0' in p:  # ViTc stem: stride-2 3x3 convs (zero padding 1) + LayerNorm + GELU, then a 1x1 conv.
@@ -391,14 +394,22 @@ def np_vit_tokens(params, imgs, patch, eps, dense_mode):
     regs = np.broadcast_to(p['registers'], (b, *p['registers'].shape[1:]))
     x = np.concatenate([x[:, :1], regs, x[:, 1:]], axis=1)
   x = np_layernorm(x, p['ln_pre'], eps)
+  mask = None
+  if radius:
+    g = math.isqrt(p['pos_embedding'].shape[1] - 1)
+    mask = np.ones((x.shape[1],) * 2, bool)
+    start = x.shape[1] - g * g  # CLS and registers come first.
+    for i in range(g * g):
+      for j in range(g * g):
+        mask[start + i, start + j] = max(abs(i // g - j // g), abs(i % g - j % g)) <= radius
   enc = p['Transformer']
   depth = sum(k.startswith('encoderblock_') for k in enc)
   for i in range(depth - 1):
-    x = np_block(x, enc[f'encoderblock_{i}'], eps)
+    x = np_block(x, enc[f'encoderblock_{i}'], eps, mask=mask)
   last = enc[f'encoderblock_{depth - 1}']
   key = last['MultiHeadDotProductAttention_0']['key']
   keys = np.einsum('blw,whd->blhd', np_layernorm(x, last['LayerNorm_0'], eps), key['kernel']) + key['bias']
-  x = np_block(x, last, eps, dense_mode)
+  x = np_block(x, last, eps, dense_mode, mask)
   return np_layernorm(x, enc['encoder_norm'], eps), p['head'], keys.reshape(*keys.shape[:2], -1)
 
 
@@ -410,6 +421,33 @@ def test_vit_matches_numpy_reference(num_registers):
   assert ('registers' in params) == bool(num_registers)
   x, head, _ = np_vit_tokens(params, images(), 4, eps, 'standard')
   close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
+
+
+@pytest.mark.parametrize('mode', ['standard', 'sclip'])
+def test_local_attention_matches_numpy_reference(mode):
+  eps = 1e-5
+  model = vit(ln_pre=True, ln_eps=eps, head_bias=True, num_registers=2, attention_radius=1)
+  params = init(model, images())
+  x, head, _ = np_vit_tokens(params, images(), 4, eps, mode, radius=1)
+  if mode == 'standard':
+    close(model.apply({'params': params}, images()), x[:, 0] @ head['kernel'] + head['bias'])
+  else:  # SCLIP's q-q + k-k attention keeps the locality.
+    close(model.apply({'params': params}, images(), mode, method='dense_features'),
+          (x[:, 3:] @ head['kernel'] + head['bias']).reshape(2, 4, 4, -1))
+
+
+def test_local_attention_keeps_distant_patches_apart():
+  """GAP tower without prefix tokens, 2 blocks of radius 1: a patch sees 2 grid steps at most, so changing the
+  bottom-right patch leaves the top-left patch's features unchanged (and changes them with global attention)."""
+  imgs = images()
+  moved = imgs.at[:, 12:, 12:].add(3.)  # The bottom-right 4 x 4 patch of the 4 x 4 grid.
+  for radius, same in ((1, True), (0, False)):
+    model = vit(pool='gap', cls_token=False, posemb='sincos2d', attention_radius=radius)
+    params = init(model, imgs)
+    feats = lambda x: model.apply({'params': params}, x, 'none', method='dense_features')[:, 0, 0]
+    assert np.allclose(feats(imgs), feats(moved), atol=1e-6) == same, radius
+  with pytest.raises(ValueError, match='attention_radius'):
+    init(vit(attention_radius=-1), imgs)
 
 
 def test_registers_take_part_in_attention_but_not_in_outputs():

@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vitclip.models import layers
 from vitclip.models.variants import decode_variant
@@ -73,6 +74,11 @@ class VisionTransformer(nn.Module):
   # computation that would otherwise be stored in low-information patch tokens, whose dense features then no
   # longer describe their own patch.
   num_registers: int = 0
+  # Local attention: patch tokens attend only to patch tokens within this many grid steps (Chebyshev distance)
+  # in every encoder block; 0 = global attention. CLS and register tokens attend, and are attended, everywhere.
+  # A patch token then holds information from its neighbourhood only, so a global-average-pooled tower cannot
+  # write the scene's class into distant background patches, which dense probing reads (configs/shapes.py).
+  attention_radius: int = 0
 
   @nn.compact
   def __call__(self, images, *, dense_mode=None):
@@ -94,20 +100,21 @@ class VisionTransformer(nn.Module):
         depth=v['depth'], num_heads=v['num_heads'], mlp_dim=v['mlp_dim'], act=self.act, ln_eps=self.ln_eps,
         dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan, name='Transformer')
     num_prefix = int(self.cls_token) + self.num_registers  # Tokens in front of the patches.
+    mask = self._attention_mask(h, w, num_prefix)
     if dense_mode == 'keys':
-      k = encoder.last_block_keys(x)[:, num_prefix:]
+      k = encoder.last_block_keys(x, mask)[:, num_prefix:]
       return k.reshape(k.shape[0], h, w, -1)
     if dense_mode is not None:
       if dense_mode not in DENSE_MODES:
         raise ValueError(f'Unknown dense feature mode {dense_mode!r}; use one of {sorted(DENSE_MODES)}.')
       mode = DENSE_MODES[dense_mode]
       if self.pool == 'map' and mode != 'standard':  # The MAP head is the attention that pools: change it.
-        x = self._map_head(v)(encoder(x), dense_mode=mode)
+        x = self._map_head(v)(encoder(x, mask), dense_mode=mode)
       else:
-        x = encoder(x, last_block_mode=mode)
+        x = encoder(x, mask, last_block_mode=mode)
       x = x[:, num_prefix:]  # Every patch token goes through the projection head.
       return self._project(x).reshape(x.shape[0], h, w, -1)
-    x = encoder(x)
+    x = encoder(x, mask)
     if self.pool == 'tok':
       x = x[:, 0]
     elif self.pool == 'gap':
@@ -115,6 +122,17 @@ class VisionTransformer(nn.Module):
     else:
       x = self._map_head(v)(x)
     return self._project(x)
+
+  def _attention_mask(self, h: int, w: int, num_prefix: int) -> jax.Array | None:
+    """bool [1, 1, L, L] (L = num_prefix + h·w), True = may attend; None for global attention."""
+    if not self.attention_radius:
+      return None
+    y, x = np.divmod(np.arange(h * w), w)
+    near = (np.abs(y[:, None] - y[None]) <= self.attention_radius) & (
+        np.abs(x[:, None] - x[None]) <= self.attention_radius)
+    mask = np.ones((num_prefix + h * w,) * 2, bool)
+    mask[num_prefix:, num_prefix:] = near
+    return jnp.asarray(mask[None, None])
 
   def _map_head(self, v):
     return layers.MAPHead(v['num_heads'], v['mlp_dim'], self.act, self.ln_eps, self.dtype, name='MAPHead_0')
@@ -142,6 +160,10 @@ class VisionTransformer(nn.Module):
       raise ValueError(f'Unknown image pool {self.pool!r}; use one of {POOLS}.')
     if self.num_registers < 0:
       raise ValueError(f'Image num_registers={self.num_registers} must be >= 0.')
+    if isinstance(self.attention_radius, bool) or not isinstance(self.attention_radius, int) or (
+        self.attention_radius < 0):
+      raise ValueError(f'Image attention_radius={self.attention_radius!r} must be an integer >= 0 (0: global '
+                       'attention).')
     if self.pool == 'tok' and not self.cls_token:
       raise ValueError('pool="tok" pools the CLS token but cls_token=False; set cls_token=True or use '
                        'pool="gap" / "map".')
