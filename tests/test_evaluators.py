@@ -186,6 +186,8 @@ def ctx(tmp_path_factory):
   c.model.text.vocab_size, c.model.text.eos_id, c.model.text.pad_id = tok.vocab_size, tok.eos_id, tok.pad_id
   c.evals.batch_size = 8
   c.evals.dense.num_overlays = 3
+  # The references below recompute MaskCLIP's single-scale path (configs/shapes.py picks another default).
+  c.evals.dense.update(method='maskclip', key_smoothing=False, prompt_denoising=False, input_sizes=())
   c = config_lib.resolve(c)
   model = build_model(c.model)
   params = random_params(model, c.model.text.max_len)
@@ -350,7 +352,7 @@ def test_dense_multiscale_matches_reference(ctx):
 
 
 def test_dense_input_sizes_are_checked():
-  cfg = shapes_config.get_config().evals.dense
+  cfg = base.get_config().evals.dense
   assert dense.check_config(cfg, 48, 8) == [(48, 0, 0)]
   cfg.input_sizes, cfg.slide_size, cfg.slide_stride = (48, 96), 48, 24
   assert dense.check_config(cfg, 48, 8) == [(48, 0, 0), (96, 48, 24)]  # One window covers the 48 px scale.
