@@ -36,8 +36,8 @@ def get_config(arg=None):
   # Local attention (radius 1: each patch token attends to its 3 x 3 neighbourhood in every block). With global
   # attention this GAP tower writes the scene's class into the background patches, and dense probing cannot find
   # the background. Shapes validation mIoU, KS + PD: global attention 0.105 at 48 px (maskclip), 0.221 at
-  # 48 + 96 px; radius 1: 0.343 at 48 px, 0.435 at 48 + 96 px (none), 0.515 with the scales below. Shape
-  # zero-shot is unchanged (99.7%).
+  # 48 + 96 px; radius 1: 0.343 at 48 px (maskclip), 0.435 at 48 + 96 px (none), 0.515 with the scales below.
+  # Shape zero-shot is unchanged (99.7%).
   c.model.image.attention_radius = 1
   c.model.text.variant = 'tiny'
   c.model.text.max_len = 16
