@@ -4,15 +4,16 @@ r"""Trains a two-tower contrastive model.
 
 Rerunning the same command resumes from the latest checkpoint in --workdir. Multi-host: pass
 --coordinator_address/--num_processes/--process_id, or --distributed to auto-detect (TPU pods, SLURM).
+
+Exit status: 0 done; 2 a config / input error, reported before the first step; 3 diverged (too many non-finite
+steps in a row); 4 a checkpoint could not be written (disk full); 128 + N stopped by signal N (SIGTERM 143,
+SIGINT 130) after writing a checkpoint — rerun the same command to continue.
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from vitclip import config as config_lib
-from vitclip import distributed, host_malloc
+from vitclip import distributed, entry, host_malloc
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/x.py or configs/x.py:arg).',
                                           lock_config=True)
@@ -24,15 +25,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   distributed.initialize_from_flags()
-  from vitclip import trainer  # After jax.distributed.initialize: nothing may touch devices before it.
-  try:
+  with entry.reported_errors(_WORKDIR.value, 'train'):
+    from vitclip import trainer  # After jax.distributed.initialize: nothing may touch devices before it.
     results = trainer.train(_CONFIG.value, _WORKDIR.value)
-  # OSError: missing files, including a config file whose get_config failed to find its inputs.
-  except (config_lib.ConfigError, OSError) as e:
-    logging.error('%s', e)
-    print(f'Config error: {e}', file=sys.stderr)
-    sys.exit(2)
-  print(trainer.format_table(results))
+    entry.print_results(results)
 
 
 if __name__ == '__main__':

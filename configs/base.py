@@ -1,6 +1,7 @@
 """Every configuration key vitclip reads, with its default.
 
-Variants (`configs/shapes.py`, `configs/clip_b16.py`, ...) start from `get_config()` here and override a few
+Neutral defaults: no data set is named here. Experiment configs (`configs/shapes.py` for the CPU demo,
+`configs/clip_b16.py` and `configs/siglip_b16.py` for real data) start from `get_config()` and override a few
 fields. Every field can be overridden on the command line: `--config.loss.kind=sigmoid`.
 """
 
@@ -8,7 +9,7 @@ import copy
 
 import ml_collections
 
-from vitclip import config as config_lib
+from vitclip import losses
 
 
 def get_config(arg=None):
@@ -20,7 +21,10 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'shapes'  # TFDS name; 'shapes' is generated locally, others come from `vitclip.data.folder`.
+  # TFDS name (prepared under data_dir: `tfds build NAME --file_format=array_record` or `vitclip.data.folder`), or
+  # a generated one ('shapes', built on first use from config.data.shapes; see vitclip/data/generated.py).
+  c.data.name = ''
+
   c.data.data_dir = ''  # '' -> $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   c.data.train_split = 'train'
   c.data.shuffle_buffer_seed = 0  # Data order seed; independent of the model init seed.
@@ -96,7 +100,7 @@ def get_config(arg=None):
   c.loss.softmax_weight = 0.5  # Weight of image->text in the softmax loss; text->image gets 1 - w.
   # Per loss kind, the values of model.t_init / b_init / t_max left as None: CLIP (Radford et al. 2021) and
   # SigLIP (Zhai et al. 2023). Configs may change them for one kind, e.g. loss.init_by_kind.sigmoid.b_init.
-  c.loss.init_by_kind = ml_collections.ConfigDict(copy.deepcopy(config_lib.LOSS_KIND_INIT))
+  c.loss.init_by_kind = ml_collections.ConfigDict({k: copy.deepcopy(v.init) for k, v in losses.KINDS.items()})
 
   # ----------------------------------------------------------- optimizer
   c.optim = ml_collections.ConfigDict()
@@ -125,6 +129,9 @@ def get_config(arg=None):
   c.ckpt_every = 500
   c.keep_ckpts = 3
   c.eval_every = 0  # 0: evaluate at the end only.
+  # Steps whose loss, gradient, update or new params are not finite are not applied; this many in a row stop the
+  # run (no checkpoint is written from a diverged state).
+  c.max_skipped_steps = 5
   # Start from the params of a model directory: a converted checkpoint (vitclip.convert) or a vitclip workdir.
   # The model fields must match DIR/config.json (configs/pretrained.py:DIR,shapes copies them), except
   # model.image.image_size: the learned image position embedding is resampled to the new grid.

@@ -12,11 +12,10 @@ from configs import base
 
 def get_config(arg=None):
   c = base.get_config()
-  # Many small steps. Shape zero-shot top-1, sigmoid loss, seeds 0 / 1, measured on one 2-core machine:
-  # 540 x 256 -> 84.7% / 63.0%; 900 x 128 -> 92.7% / 82.9%; 1800 x 64 -> 98.9% / 98.5% (at step 1200 already
-  # 96.4% / 96.3%). A 2-core CPU runs batches of 64 nearly as fast per example as batches of 256 (~315 vs ~365
-  # samples/s in the training loop), so the same wall-clock time buys 3.3x the updates.
-  c.total_steps = 1800  # ~7 minutes on 2 CPU cores, generating the data set included.
+  c.data.name = 'shapes'
+  # Many small steps: a 2-core CPU runs batches of 64 nearly as fast per example as batches of 256, so the same
+  # wall-clock time buys 4x the updates, which is what makes this short run reliable (README, Quickstart).
+  c.total_steps = 1800
   c.batch_size = 64
   c.data.shapes.image_size = 48
   # No crop augmentation: 1800 x 64 examples see each of the 50k generated scenes about 2.3 times, and on 2
@@ -27,17 +26,14 @@ def get_config(arg=None):
   c.model.embed_dim = 128
   c.model.image.variant = 'tiny/8'
   c.model.image.image_size = 48
-  # A convolutional stem (ViTc) in front of global average pooling over fixed sin-cos position embeddings.
-  # Measured, same 400 steps at 64 px: shape zero-shot 86.6% with the conv stem vs 61.8% with a patchify
-  # stem (which in turn beats a CLS token with learned position embeddings). The stem costs ~1.4x the step
-  # time at 64 px; 48 px images (6 x 6 tokens) win the time back. GAP also makes each patch's projected
-  # feature a summand of the image embedding, which dense probing reads.
+  # A convolutional stem (ViTc) in front of global average pooling over fixed sin-cos position embeddings: on
+  # this world it learns much faster than a patchify stem or a CLS token; 48 px images (6 x 6 tokens) win back
+  # the stem's extra step time. GAP also makes each patch's projected feature a summand of the image embedding,
+  # which dense probing reads.
   c.model.image.update(stem='conv', pool='gap', posemb='sincos2d', cls_token=False)
   # Local attention (radius 1: each patch token attends to its 3 x 3 neighbourhood in every block). With global
   # attention this GAP tower writes the scene's class into the background patches, and dense probing cannot find
-  # the background. Shapes validation mIoU, KS + PD: global attention 0.105 at 48 px (maskclip), 0.221 at
-  # 48 + 96 px; radius 1: 0.343 at 48 px (maskclip), 0.435 at 48 + 96 px (none), 0.515 with the scales below.
-  # Shape zero-shot is unchanged (99.7%).
+  # the background (README, "Evaluating").
   c.model.image.attention_radius = 1
   c.model.text.variant = 'tiny'
   c.model.text.max_len = 16
@@ -56,11 +52,9 @@ def get_config(arg=None):
                        input_sizes=(32, 40, 48, 64, 96, 128))
   c.loss.kind = arg or 'softmax'
   # SigLIP's t = 10, b = -10 suit ~32k batches and long runs. At small batches b = -10 is far too negative: the
-  # negatives then carry almost no gradient and b, moving ~lr per step, never recovers in a short run
-  # (measured at batch 256, 200 steps: shape zero-shot 19% with b = -10, 37% with -5.5). b = -4 is about
-  # -log(batch) at 64, the bias at which an untrained model's positive and negatives weigh the same. Sweep at
-  # the earlier 540 x 256 setting, seed 0, shape zero-shot top-1: t = 10: b = -5.5 77.6%; t = 20: b = -5.5 57.7%
-  # at step 400; t = 1/0.07: b = -2 71.8%, -3 77.5%, -4 84.7%, -5.5 82.3%, -8 79.5%.
+  # negatives then carry almost no gradient and b, moving ~lr per step, never recovers in a short run. b = -4 is
+  # about -log(batch) at 64, the bias at which an untrained model's positive and negatives weigh the same (the
+  # sweep that chose it: README, "Configs and overrides").
   c.loss.init_by_kind.sigmoid.t_init = 1 / 0.07
   c.loss.init_by_kind.sigmoid.b_init = -4.0
   return c

@@ -1,29 +1,45 @@
 """Orbax checkpoints: train state + grain iterator state, saved atomically, restored into target shardings.
 
 Orbax writes each step into a temporary directory and renames it when complete, so an interrupted save never
-leaves a half-written checkpoint that `latest_step()` would pick up.
+leaves a half-written checkpoint that `latest_step()` would pick up. The trainer never saves a state with a
+non-finite value, and `restore` checks what it read: a checkpoint that fails to restore or holds a non-finite
+value is reported in one line, moved aside to `checkpoints_unusable/<step>` (kept, not deleted), and the
+previous one is tried.
 """
 
 import os
+import shutil
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from vitclip.config import ConfigError
+from vitclip.errors import ConfigError
 from vitclip.optim import path_str
+from vitclip.train_step import all_finite
 
 STATE, DATA = 'state', 'data'
+UNUSABLE = 'checkpoints_unusable'
 
 
 class Checkpointer:
   """Checkpoints under `workdir/checkpoints/<step>/{state,data}`."""
 
   def __init__(self, workdir: str, keep: int = 3, save_every: int = 1):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=(STATE, DATA),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every, create=True))
+
+  @staticmethod
+  def steps_in(workdir: str) -> list[int]:
+    """Steps of the finished checkpoints of `workdir` (read-only: orbax renames a step dir into place once
+    complete, so only digit-named dirs holding `state/` count)."""
+    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(d) for d in names if d.isdigit() and os.path.isdir(os.path.join(directory, d, STATE)))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -36,18 +52,60 @@ class Checkpointer:
 
   def restore(self, abstract_state, data_iterator=None, step: int | None = None):
     """Restores into `abstract_state` (ShapeDtypeStructs carrying target shardings); the mesh may differ from
-    the one the checkpoint was written with. `data_iterator` is restored in place when given."""
-    step = self.latest_step() if step is None else step
+    the one the checkpoint was written with. `data_iterator` is restored in place when given.
+
+    Without `step`: the latest usable checkpoint; unusable ones are moved aside with a warning (module doc).
+    Raises ConfigError when no checkpoint can be restored.
+    """
+    if step is not None:
+      return self._restore(step, abstract_state, data_iterator)
+    errors = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state = self._restore(step, abstract_state, data_iterator)
+        if not bool(is_finite(state)):
+          raise ValueError('it holds non-finite values')
+        return state
+      except Exception as e:  # pylint: disable=broad-except  # Any read failure means: try the previous one.
+        reason = _one_line(e)
+        errors.append(f'step {step}: {reason}')
+        logging.warning('Checkpoint %d of %s is unusable (%s); moved to %s/%d, trying the previous one.', step,
+                        self.directory, reason, UNUSABLE, step)
+        print(f'Warning: checkpoint {step} is unusable ({reason}); it was moved to {UNUSABLE}/{step} and the '
+              'previous checkpoint is used.', flush=True)
+        self._move_aside(step)
+    raise ConfigError(f'no checkpoint of {self.directory} can be restored ({"; ".join(errors)}); they were moved '
+                      f'to {os.path.join(self.workdir, UNUSABLE)}. Use a new --workdir, or move a checkpoint back '
+                      'if you know it is good.')
+
+  def _restore(self, step: int, abstract_state, data_iterator):
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+
+  def _move_aside(self, step: int):
+    if jax.process_index() == 0:
+      target = os.path.join(self.workdir, UNUSABLE, str(step))
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()  # Forget the moved step, so retention and latest_step() see the remaining ones.
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+def _one_line(error: Exception) -> str:
+  text = f'{type(error).__name__}: {error}'.strip().splitlines()
+  return (text[0] if text else type(error).__name__)[:300]
+
+
+is_finite = jax.jit(all_finite)  # bool scalar: every float in a pytree is finite.
 
 
 def abstract_with_shardings(tree, shardings):
@@ -72,9 +130,7 @@ def step_dir(path: str) -> str:
   if os.path.isdir(os.path.join(path, STATE)):
     return path
   directory = os.path.join(os.path.abspath(path), 'checkpoints')
-  # Read-only (no CheckpointManager, which may write): orbax renames a step dir to its number once complete.
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  steps = [int(d) for d in names if d.isdigit() and os.path.isdir(os.path.join(directory, d, STATE))]
+  steps = Checkpointer.steps_in(path)
   if not steps:
     raise FileNotFoundError(f'no checkpoint under {directory}; train first or name a directory that holds '
                             'checkpoints/<step>/state.')

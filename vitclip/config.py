@@ -1,68 +1,40 @@
-"""Config resolution and validation: every mistake a user can make is reported before anything compiles."""
+"""Config resolution and validation: every mistake a user can make is reported before the first step.
+
+`resolve` fills the fields left to their loss-kind defaults; `validate` checks everything a run will need —
+every config section (model, loss, optimizer, schedule, logging, evaluation), the training and evaluation data
+sets, the tokenizer and init_from files, the workdir — and raises one ConfigError that lists each problem with
+the config field and the fix.
+"""
 
 import copy
 import json
-import math
 import os
 import tempfile
 
 import jax
 import ml_collections
 
-LOSS_KINDS = ('softmax', 'sigmoid')
-LOSS_IMPLS = ('dense', 'gather', 'ring')
+from vitclip.errors import ConfigError
+
 PARAM_SHARDINGS = ('replicate', 'fsdp')
-GENERATED_DATASETS = ('shapes',)  # Built locally on first use; everything else must already exist.
-
-# Logit scale / bias defaults per loss kind: CLIP (Radford et al.) and SigLIP (Zhai et al. 2023); copied into
-# config.loss.init_by_kind by configs/base.py, where configs can change them.
-LOSS_KIND_INIT = {
-    'softmax': dict(t_init=1 / 0.07, b_init=None, t_max=100.0),
-    'sigmoid': dict(t_init=10.0, b_init=-10.0, t_max=0.0),
-}
-
-
-class ConfigError(ValueError):
-  """A user-fixable problem with the config or the command line."""
+SCHEDULES = ('cosine', 'constant')
+DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Returns a copy with fields left to their loss-kind defaults (None) filled in."""
+  """Returns a copy with fields left to their loss-kind defaults (None) filled in from `config.loss.init_by_kind`
+  (configs/base.py copies `vitclip.losses.KINDS[kind].init` there, where configs can change them)."""
+  from vitclip import losses  # Lazily: keeps `config` importable without the model stack.
   config = ml_collections.ConfigDict(config.to_dict())
-  if config.loss.kind not in LOSS_KINDS:
-    raise ConfigError(f'config.loss.kind={config.loss.kind!r} is unknown; use one of {LOSS_KINDS}.')
-  defaults = config.loss.get('init_by_kind', LOSS_KIND_INIT)  # Configs saved before the field existed.
+  if config.loss.kind not in losses.KINDS:
+    raise ConfigError(f'config.loss.kind={config.loss.kind!r} is unknown; use one of {tuple(losses.KINDS)}.')
+  defaults = config.loss.get('init_by_kind') or {}  # Configs saved before the field existed: the table's.
+  defaults = defaults.get(config.loss.kind) or losses.KINDS[config.loss.kind].init
   with config.unlocked():
-    for key, value in defaults[config.loss.kind].items():
+    for key, value in defaults.items():
       if config.model[key] is None:
         config.model[key] = value
   return config
-
-
-def mesh_shape(mesh_spec, num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-  """Resolves `[(name, size), ...]` with at most one -1 into concrete axis sizes over `num_devices`."""
-  names = tuple(str(n) for n, _ in mesh_spec)
-  sizes = [int(s) for _, s in mesh_spec]
-  if len(set(names)) != len(names):
-    raise ConfigError(f'config.mesh={mesh_spec!r} repeats an axis name.')
-  if sizes.count(-1) > 1:
-    raise ConfigError(f'config.mesh={mesh_spec!r} has more than one -1 axis; give all but one size.')
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if num_devices % known:
-      raise ConfigError(
-          f'config.mesh={mesh_spec!r}: {num_devices} devices are not divisible by the fixed axes ({known}).')
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ConfigError(f'config.mesh={mesh_spec!r} covers {math.prod(sizes)} devices but {num_devices} are '
-                      'visible; make the axis sizes multiply to the device count or use -1 for one axis.')
-  return names, tuple(sizes)
-
-
-def batch_parallelism(config, num_devices: int) -> int:
-  """Number of devices the batch dimension is split over (every mesh axis except 'model')."""
-  names, sizes = mesh_shape(config.mesh, num_devices)
-  return math.prod(s for n, s in zip(names, sizes) if n != 'model')
 
 
 def _check_writable(workdir: str):
@@ -75,41 +47,127 @@ def _check_writable(workdir: str):
                       'write to.') from None
 
 
-def validate(config, workdir: str | None = None, *, num_devices: int | None = None, check_data: bool = True):
-  """Raises ConfigError with one actionable message for the first problem found."""
-  from vitclip.models import variants  # Imported lazily: keeps `config` importable without flax.
-  from vitclip.data import sources
-  num_devices = num_devices or jax.device_count()
-  if config.loss.kind not in LOSS_KINDS:
-    raise ConfigError(f'config.loss.kind={config.loss.kind!r} is unknown; use one of {LOSS_KINDS}.')
-  if config.loss.impl not in LOSS_IMPLS:
-    raise ConfigError(f'config.loss.impl={config.loss.impl!r} is unknown; use one of {LOSS_IMPLS}.')
-  if config.sharding.params not in PARAM_SHARDINGS:
-    raise ConfigError(f'config.sharding.params={config.sharding.params!r} is unknown; use one of '
-                      f'{PARAM_SHARDINGS}.')
+def _choice(problems: list, field: str, value, allowed):
+  if value not in allowed:
+    problems.append(f'config.{field}={value!r} is unknown; use one of {tuple(allowed)}.')
+
+
+def _positive(problems: list, field: str, value, minimum: int = 1):
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    problems.append(f'config.{field}={value!r} must be an integer >= {minimum}.')
+
+
+def _check_model(config, problems: list):
+  """Model fields: variants, dtype, and everything the modules themselves reject at init (shapes only)."""
+  from vitclip import models
+  from vitclip.models import layers
+  bad = False
   for tower in ('image', 'text'):
     name = config.model[tower].variant
     try:
-      variants.decode_variant(name)
+      decoded = models.decode_variant(name)
     except ValueError as e:
-      raise ConfigError(f'config.model.{tower}.variant={name!r} is unknown: {e}') from None
-  parallel = batch_parallelism(config, num_devices)
-  if config.batch_size <= 0 or config.batch_size % parallel:
+      problems.append(f'config.model.{tower}.variant={name!r} is unknown: {e}')
+      bad = True
+      continue
+    if tower == 'image' and 'patch_size' not in decoded:
+      problems.append(f'config.model.image.variant={name!r} has no patch size; add one, e.g. '
+                      f'--config.model.image.variant={name}/16.')
+      bad = True
+  _choice(problems, 'model.dtype', config.model.dtype, DTYPES)
+  _choice(problems, 'model.remat_policy', config.model.remat_policy, tuple(layers.REMAT_POLICIES))
+  if bad or problems:
+    return
+  try:  # Shapes only: catches any other field a module rejects, in a second and before any data is touched.
+    jax.eval_shape(lambda r: models.init_params(models.build_model(config.model), r), jax.random.key(0))
+  except (ValueError, TypeError, KeyError) as e:
+    problems.append(f'config.model: {e}')
+
+
+def _check_data(config, problems: list):
+  from vitclip.data import generated, sources
+  name = config.data.name
+  if not name:
+    problems.append("config.data.name is empty; name the training data set: a folder imported with python -m "
+                    "vitclip.data.folder, a TFDS data set prepared under config.data.data_dir, or 'shapes' "
+                    '(generated), e.g. --config.data.name=my_photos.')
+    return
+  if generated.is_generated(name):
+    try:
+      generated.resolve(name, config.data)
+    except ValueError as e:
+      problems.append(f'config.data.{generated.GENERATED[name].settings_field}: {e}')
+    return
+  try:
+    source, _ = sources.load_source(name, config.data.train_split, data_dir(config))
+    sources.decode_captions(source[0])
+  except (FileNotFoundError, ValueError) as e:
+    problems.append(f'config.data.name={name!r}: {e}')
+  except (IndexError, sources.BadRecordError) as e:
+    problems.append(f'config.data.name={name!r}: the first record of split {config.data.train_split!r} has no '
+                    f'usable caption ({e}); train on an image-text data set (python -m vitclip.data.folder '
+                    '--captions FILE).')
+
+
+def _check_files(config, problems: list):
+  path = config.tokenizer.path
+  if path and not os.path.isfile(os.path.expanduser(path)):
+    problems.append(f'config.tokenizer.path={path!r} does not exist; give an existing tokenizer file or leave it '
+                    "'' to train a BPE on the training captions.")
+  if config.init_from and not os.path.isfile(os.path.join(os.path.expanduser(config.init_from), CONFIG_FILE)):
+    problems.append(f'config.init_from={config.init_from!r} is not a model directory (no {CONFIG_FILE}); give a '
+                    'training workdir or the --out of python -m vitclip.convert.')
+
+
+def validate(config, workdir: str | None = None, *, num_devices: int | None = None, check_data: bool = True,
+             train: bool = True):
+  """Raises one ConfigError listing every problem found (each with the field and the fix), or returns None.
+
+  check_data: also open the data sets the run reads (dataset_info and one record; fast).
+  train: a training run (its training data set is needed; evaluation alone reads only the evaluation sets).
+  """
+  from vitclip import evaluators, losses, sharding
+  num_devices = num_devices or jax.device_count()
+  problems = []
+  _choice(problems, 'loss.kind', config.loss.kind, tuple(losses.KINDS))
+  _choice(problems, 'loss.impl', config.loss.impl, losses.IMPLS)
+  _choice(problems, 'sharding.params', config.sharding.params, PARAM_SHARDINGS)
+  _choice(problems, 'optim.schedule', config.optim.schedule, SCHEDULES)
+  for field in ('total_steps', 'log_every', 'ckpt_every', 'keep_ckpts', 'max_skipped_steps'):
+    _positive(problems, field, config[field])
+  _positive(problems, 'eval_every', config.eval_every, minimum=0)
+  _positive(problems, 'optim.warmup_steps', config.optim.warmup_steps, minimum=0)
+  if not config.optim.lr > 0:
+    problems.append(f'config.optim.lr={config.optim.lr!r} must be positive.')
+  _check_model(config, problems)
+  try:
+    parallel = sharding.batch_parallelism(config.mesh, num_devices)
+  except ConfigError as e:
+    problems.append(str(e))
+    parallel = None
+  if parallel and (config.batch_size <= 0 or config.batch_size % parallel):
     lower = max(parallel, config.batch_size // parallel * parallel)
-    raise ConfigError(
+    problems.append(
         f'config.batch_size={config.batch_size} is not divisible by the {parallel} data-parallel devices; '
         f'use a multiple of {parallel}, e.g. --config.batch_size={lower}.')
   micro = config.grad_cache.microbatch
-  if micro and (config.batch_size % micro or micro % parallel):
-    raise ConfigError(f'config.grad_cache.microbatch={micro} must divide config.batch_size='
-                      f'{config.batch_size} and be a multiple of the {parallel} data-parallel devices.')
-  if check_data and config.data.name not in GENERATED_DATASETS:
-    try:
-      sources.load_source(config.data.name, config.data.train_split, data_dir(config))
-    except (FileNotFoundError, ValueError) as e:
-      raise ConfigError(f'config.data.name={config.data.name!r}: {e}') from None
+  if parallel and micro and (config.batch_size % micro or micro % parallel):
+    problems.append(f'config.grad_cache.microbatch={micro} must divide config.batch_size='
+                    f'{config.batch_size} and be a multiple of the {parallel} data-parallel devices.')
+  _check_files(config, problems)
+  if check_data and train:
+    _check_data(config, problems)
+  try:
+    evaluators.check_config(config, data_dir(config) if check_data else None)
+  except ConfigError as e:
+    problems.append(str(e))
   if workdir is not None:
-    _check_writable(workdir)
+    try:
+      _check_writable(workdir)
+    except ConfigError as e:
+      problems.append(str(e))
+  if problems:
+    raise ConfigError('\n'.join(problems))
 
 
 def data_dir(config) -> str:

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import sharding
-from vitclip.models import build_model
-from vitclip.models.vit import resize_posemb
+from vitclip.models import build_model, init_params
+from vitclip.models.vit import resample_posemb
 from vitclip.optim import path_str
 
 TOWERS = ('img', 'txt', 't', 'b')  # Top-level params of vitclip.models.TwoTower.
@@ -42,19 +42,6 @@ def selected_towers(config, available=TOWERS) -> tuple[str, ...]:
 def source_config(config):
   """The resolved config of `config.init_from` (keys missing from its config.json keep this run's values)."""
   return config_lib.resolve(config_lib.load_model_dir(config.init_from, base=config))
-
-
-def prepare_config(config):
-  """Checks the init_from settings that need no model, in place. A run that loads DIR's text tower and names
-  no tokenizer uses DIR's: token ids must mean what the loaded embedding table learned."""
-  if not config.init_from:
-    return
-  towers = selected_towers(config)
-  source = source_config(config)
-  if 'txt' in towers and not config.tokenizer.path:
-    with config.unlocked():
-      config.tokenizer.path = source.tokenizer.path
-      config.tokenizer.kind = source.tokenizer.kind
 
 
 @dataclasses.dataclass
@@ -79,9 +66,8 @@ def plan(run) -> Plan:
         f'config.init_from_towers={cfg.init_from_towers!r} selects {missing} but this model has no such params '
         f'(it has {sorted(target)}; "b" exists with loss.kind=sigmoid or model.b_init set). Drop them.')
 
-  from vitclip.trainer import init_params  # Here: trainer imports this module.
   src_model = build_model(source.model)
-  src_params = jax.eval_shape(lambda r: init_params(src_model, source, r), jax.random.key(0))
+  src_params = jax.eval_shape(lambda r: init_params(src_model, r), jax.random.key(0))
   src = {n: src_params[n] for n in towers if n in src_params}
   step_dir = checkpoint_lib.step_dir(cfg.init_from)
   config_file = os.path.join(os.path.abspath(cfg.init_from), config_lib.CONFIG_FILE)
@@ -115,7 +101,7 @@ def load_into_state(run, state, checked: Plan | None = None):
   """Returns `state` with the selected params of `run.config.init_from`, placed with the state's shardings.
 
   Args:
-    run: trainer.Run whose config sets `init_from` (and optionally `init_from_towers`).
+    run: vitclip.run.Run whose config sets `init_from` (and optionally `init_from_towers`).
     state: a freshly initialised TrainState; params outside the selection keep their init.
     checked: the result of `plan(run)` when already computed.
   """
@@ -126,12 +112,6 @@ def load_into_state(run, state, checked: Plan | None = None):
     pos = resample_posemb(_get(loaded, POSEMB), checked.num_prefix, checked.resample_grid)
     loaded['img'] = {**loaded['img'], POSEMB[1]: jax.device_put(pos, target.sharding)}
   return state.replace(params={**state.params, **loaded})
-
-
-def resample_posemb(posemb: jax.Array, num_prefix: int, grid: int) -> jax.Array:
-  """[1, num_prefix + g·g, W] -> [1, num_prefix + grid·grid, W]: the g×g grid resized bilinearly (as the ViT does
-  for other input sizes at apply time), the prefix (CLS) tokens kept as they are."""
-  return jnp.concatenate([posemb[:, :num_prefix], resize_posemb(posemb[:, num_prefix:], grid, grid)], axis=1)
 
 
 def _resample_grid(src, target, source_cfg, cfg) -> int | None:

@@ -11,10 +11,36 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vitclip import config as config_lib
+from vitclip.errors import ConfigError
 
 MODEL_AXIS = 'model'
 FSDP_AXIS = 'fsdp'
+
+
+def mesh_shape(mesh_spec, num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """Resolves `[(name, size), ...]` with at most one -1 into concrete axis sizes over `num_devices`."""
+  names = tuple(str(n) for n, _ in mesh_spec)
+  sizes = [int(s) for _, s in mesh_spec]
+  if len(set(names)) != len(names):
+    raise ConfigError(f'config.mesh={mesh_spec!r} repeats an axis name.')
+  if sizes.count(-1) > 1:
+    raise ConfigError(f'config.mesh={mesh_spec!r} has more than one -1 axis; give all but one size.')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(
+          f'config.mesh={mesh_spec!r}: {num_devices} devices are not divisible by the fixed axes ({known}).')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f'config.mesh={mesh_spec!r} covers {math.prod(sizes)} devices but {num_devices} are '
+                      'visible; make the axis sizes multiply to the device count or use -1 for one axis.')
+  return names, tuple(sizes)
+
+
+def batch_parallelism(mesh_spec, num_devices: int) -> int:
+  """Number of devices the batch dimension is split over (every mesh axis except 'model')."""
+  names, sizes = mesh_shape(mesh_spec, num_devices)
+  return math.prod(s for n, s in zip(names, sizes) if n != MODEL_AXIS)
 
 
 def make_mesh(mesh_spec, devices=None) -> Mesh:
@@ -23,7 +49,7 @@ def make_mesh(mesh_spec, devices=None) -> Mesh:
   Built with `Mesh` directly (not `jax.make_mesh`) so axes use automatic (GSPMD) sharding propagation.
   """
   devices = jax.devices() if devices is None else devices
-  names, sizes = config_lib.mesh_shape(mesh_spec, len(devices))
+  names, sizes = mesh_shape(mesh_spec, len(devices))
   return Mesh(np.asarray(devices).reshape(sizes), names)
 
 

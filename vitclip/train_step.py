@@ -1,4 +1,22 @@
-"""Train state and the pure train step: state, batch -> state, metrics."""
+"""Train state and the pure train step: state, batch -> state, metrics.
+
+The gradient is the value_and_grad of the full-batch forward, or, with `config.grad_cache.microbatch` set,
+gradient caching (Gao et al. 2021, "GradCache"): full-batch contrastive gradients at microbatch memory.
+
+1. Embed the global batch microbatch by microbatch, keeping only the embeddings [B, D].
+2. Loss and its gradient w.r.t. all embeddings (and t, b) over the FULL batch: every negative stays.
+3. Re-run each microbatch forward with `jax.vjp` and pull the cached embedding gradients back to the params;
+   sum over microbatches.
+The parameter gradient equals the full-batch gradient; activation memory is set by the microbatch. Naive
+gradient accumulation would instead shrink the set of negatives to the microbatch.
+
+Microbatch k takes the k-th slice of *every device's* local rows, so each microbatch stays spread over all
+devices and splitting/merging the batch is a per-device reshape (no communication).
+
+A step whose loss, gradient, update or new params are not finite is not applied (params and optimizer state
+stay as they were; the step counter advances) and reports `skipped_nonfinite = 1`; the trainer stops a run
+after `config.max_skipped_steps` such steps in a row.
+"""
 
 import functools
 import math
@@ -8,8 +26,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vitclip import losses
+from vitclip import losses, sharding
+from vitclip.models import clamp_logit_scale, logit_params
 
 
 @flax.struct.dataclass
@@ -26,55 +46,114 @@ def loss_fn_from_config(config, mesh) -> Callable:
                            softmax_weight=config.loss.softmax_weight)
 
 
-def embed_and_loss(model, loss_fn, params, batch):
-  """Full-batch forward: embeddings of both towers and the contrastive loss. Returns (loss, extras)."""
-  zimg, ztxt, extras = model.apply({'params': params}, batch['image'], batch['tokens'])
-  loss = loss_fn(zimg, ztxt, extras['t'], extras.get('b'))
-  return loss, extras
-
-
-def clamp_logit_scale(params, t_max: float):
-  """CLIP clamps t = exp(params['t']) to <= t_max after every update (t_max <= 0: no clamp)."""
-  if t_max <= 0:
-    return params
-  return {**params, 't': jnp.minimum(params['t'], math.log(t_max))}
-
-
 def global_norm(tree) -> jax.Array:
   norm = getattr(getattr(optax, 'tree', None), 'norm', None) or optax.global_norm  # optax.tree: >= 0.2.5
   return norm(tree)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, schedule, config, mesh,
-                    loss_and_grad: Callable | None = None) -> Callable:
-  """Builds `train_step(state, batch) -> (state, metrics)`.
+def all_finite(tree) -> jax.Array:
+  """bool scalar: every element of every leaf of `tree` is finite (non-float leaves count as finite)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
-  Args:
-    loss_and_grad: optional `(params, batch) -> ((loss, extras), grads)`; default is value_and_grad of the
-      full-batch forward. Gradient caching plugs in here (see vitclip/grad_cache.py).
-  Non-finite losses or gradients skip the update (the step counter still advances) and are reported.
-  """
+
+# ------------------------------------------------------------------------------------------- gradients
+
+
+def full_batch_loss_and_grad(model, loss_fn) -> Callable:
+  """`(params, batch) -> (loss, grads)`: value_and_grad of the full-batch forward."""
+  def loss(params, batch):
+    zimg, ztxt, _ = model.apply({'params': params}, batch['image'], batch['tokens'])
+    return loss_fn(zimg, ztxt, *logit_params(params))
+  return jax.value_and_grad(loss)
+
+
+def _split(x, parallel: int, n: int, mesh):
+  """[B, ...] -> [n, B/n, ...]; microbatch k holds rows k*m/P:(k+1)*m/P of each device's block."""
+  b = x.shape[0]
+  y = x.reshape(parallel, n, b // (parallel * n), *x.shape[1:]).swapaxes(0, 1).reshape(n, b // n, *x.shape[1:])
+  spec = P(None, sharding.batch_axes(mesh), *([None] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+
+def _merge(y, parallel: int, mesh):
+  """Inverse of `_split`: [n, m, ...] -> [n*m, ...] in the original row order."""
+  n, m = y.shape[:2]
+  x = y.reshape(n, parallel, m // parallel, *y.shape[2:]).swapaxes(0, 1).reshape(n * m, *y.shape[2:])
+  return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
+
+
+def grad_cache_loss_and_grad(model, loss_fn, mesh, batch_size: int, microbatch: int) -> Callable:
+  """`(params, batch) -> (loss, grads)` by gradient caching (module docstring), equal to the full-batch one."""
+  n = batch_size // microbatch
+  parallel = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
+
+  def embed(params, images, tokens):
+    zimg, ztxt, _ = model.apply({'params': params}, images, tokens)
+    return zimg, ztxt
+
+  def loss_and_grad(params, batch):
+    images, tokens = (_split(batch[k], parallel, n, mesh) for k in ('image', 'tokens'))
+    # 1. Embeddings only; nothing here is differentiated, so no activations are kept.
+    zimg, ztxt = jax.lax.map(lambda xs: embed(params, *xs), (images, tokens))
+    zimg, ztxt = _merge(zimg, parallel, mesh), _merge(ztxt, parallel, mesh)
+
+    # 2. Full-batch loss; gradient w.r.t. embeddings and the params that enter the loss directly (t, b).
+    def full_loss(zi, zt, p):
+      return loss_fn(zi, zt, *logit_params(p))
+    loss, (g_img, g_txt, g_params) = jax.value_and_grad(full_loss, argnums=(0, 1, 2))(zimg, ztxt, params)
+    g_img, g_txt = _split(g_img, parallel, n, mesh), _split(g_txt, parallel, n, mesh)
+
+    # 3. Backprop each microbatch with its slice of the cached embedding gradients; sum.
+    def accumulate(acc, xs):
+      img, tok, gi, gt = xs
+      _, pullback = jax.vjp(lambda p: embed(p, img, tok), params)
+      (g,) = pullback((gi, gt))
+      return jax.tree.map(jnp.add, acc, g), None
+    grads, _ = jax.lax.scan(accumulate, g_params, (images, tokens, g_img, g_txt))
+    return loss, grads
+
+  return loss_and_grad
+
+
+def make_loss_and_grad(model, config, mesh) -> Callable:
+  """`(params, batch) -> (loss, grads)` as configured: gradient caching when `config.grad_cache.microbatch`
+  is set and smaller than the batch, else the plain full-batch gradient."""
   loss_fn = loss_fn_from_config(config, mesh)
-  if loss_and_grad is None:
-    loss_and_grad = jax.value_and_grad(functools.partial(embed_and_loss, model, loss_fn), has_aux=True)
+  micro = config.grad_cache.microbatch
+  if micro and micro < config.batch_size:
+    return grad_cache_loss_and_grad(model, loss_fn, mesh, config.batch_size, micro)
+  return full_batch_loss_and_grad(model, loss_fn)
+
+
+# ------------------------------------------------------------------------------------------------ step
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule, config, mesh) -> Callable:
+  """Builds `train_step(state, batch) -> (state, metrics)`: one optimizer update with the configured loss.
+
+  A non-finite loss, gradient, update or new param skips the update (module docstring).
+  """
+  loss_and_grad = make_loss_and_grad(model, config, mesh)
   t_max = config.model.t_max
 
   def train_step(state: TrainState, batch):
-    (loss, extras), grads = loss_and_grad(state.params, batch)
+    loss, grads = loss_and_grad(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = clamp_logit_scale(optax.apply_updates(state.params, updates), t_max)
-    grad_norm = global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    grad_norm, update_norm = global_norm(grads), global_norm(updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm) & all_finite(params)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                               opt_state=keep(opt_state, state.opt_state))
+    t, b = logit_params(state.params)
     metrics = {
-        'loss': loss, 'lr': schedule(state.step), 't': extras['t'],
-        'grad_norm': grad_norm, 'param_norm': global_norm(state.params), 'update_norm': global_norm(updates),
+        'loss': loss, 'lr': schedule(state.step), 't': t,
+        'grad_norm': grad_norm, 'param_norm': global_norm(state.params), 'update_norm': update_norm,
         'skipped_nonfinite': 1 - finite.astype(jnp.int32),
     }
-    if extras.get('b') is not None:
-      metrics['b'] = extras['b']
+    if b is not None:
+      metrics['b'] = b
     return new_state, metrics
 
   return train_step

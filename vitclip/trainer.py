@@ -1,176 +1,209 @@
-"""The training loop and the shared setup of training and evaluation.
+"""The training loop: build the run, restore or initialise, step, log, evaluate, checkpoint, stop cleanly.
 
-Order of operations (setup): validate config -> mesh -> data set (built if generated) -> tokenizer (trained and
-saved with the run, or loaded) -> model -> optimizer -> abstract state and its shardings. Then: restore the
-latest checkpoint of the workdir (state + data iterator) or initialise (optionally from `config.init_from`),
-and run jit-compiled steps with logging, periodic evaluation and checkpointing.
+`train` reads top to bottom; `vitclip/run.py` builds everything a run needs before the first step (and
+validates it), `vitclip/train_step.py` is the pure step. A run stops early, on purpose, in three ways (each an
+`errors.RunStopped` with its exit code): SIGTERM / SIGINT (the current step finishes, a checkpoint is written),
+divergence (`config.max_skipped_steps` non-finite steps in a row; nothing is saved from the diverged state), and
+a checkpoint that cannot be written (disk full; the previous checkpoints are intact).
 """
 
-import dataclasses
 import json
 import os
+import signal
 import sys
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
 from vitclip import checkpoint as checkpoint_lib
-from vitclip import config as config_lib
-from vitclip import evaluators, grad_cache, init_from, optim, sharding, train_step as train_step_lib
-from vitclip.data import pipeline, sources
+from vitclip import console, evaluators, run as run_lib
+from vitclip.data import pipeline
+from vitclip.errors import CheckpointWriteError, Diverged, Preempted
 from vitclip.metrics_writer import MetricsWriter
-from vitclip.models import build_model
-from vitclip.tokenizer import Tokenizer, train_bpe
 
-TOKENIZER_FILE = config_lib.TOKENIZER_FILE
-CONFIG_FILE = config_lib.CONFIG_FILE
 EVAL_RESULTS_FILE = 'eval_results.json'
+_UNPREFIXED = ('loss', 'lr', 'samples_per_s')  # Metric keys logged as they are; the rest as train/<key>.
 
 
-@dataclasses.dataclass
-class Run:
-  """Everything built from a config before any step runs."""
-  config: ml_collections.ConfigDict  # Resolved: loss-kind defaults and tokenizer-derived fields filled in.
-  workdir: str
-  mesh: Any
-  tokenizer: Tokenizer
-  model: Any
-  tx: Any
-  schedule: Any
-  abstract_state: train_step_lib.TrainState  # ShapeDtypeStructs carrying the target shardings.
-
-  @property
-  def state_shardings(self):
-    return jax.tree.map(lambda x: x.sharding, self.abstract_state)
-
-
-def setup(config, workdir: str, *, devices=None, save_config: bool = True) -> Run:
-  """Validates the config and builds mesh, data set, tokenizer, model, optimizer and abstract state.
-
-  save_config: write the resolved config to `workdir/config.json` (training; evaluation leaves it alone).
-  """
-  config = config_lib.resolve(config)
-  config_lib.validate(config, workdir, num_devices=len(devices or jax.devices()))
-  init_from.prepare_config(config)
-  mesh = sharding.make_mesh(config.mesh, devices)
-  prepare_data(config)
-  tokenizer = setup_tokenizer(config, workdir)
-  with config.unlocked():
-    config.model.text.vocab_size = tokenizer.vocab_size
-    config.model.text.eos_id = tokenizer.eos_id
-    config.model.text.pad_id = tokenizer.pad_id
-  run = build_run(config, workdir, mesh, tokenizer)
-  if save_config and jax.process_index() == 0:
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1))
-  return run
+def train(config, workdir: str) -> dict[str, float]:
+  """Trains (resuming from the latest usable checkpoint in `workdir`, if any); returns the final evaluation."""
+  run = run_lib.build(config, workdir)
+  cfg = run.config
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.keep_ckpts)
+  data = pipeline.make_train_iterator(cfg, run.tokenizer.encode, run.mesh)
+  state = restore_or_create(run, ckpt, data)
+  suite = evaluators.Suite(cfg, run.model, run.tokenizer, run.mesh, workdir, run.data_dir)
+  step_fn = run_lib.compile_train_step(run)
+  writer = MetricsWriter(workdir, resume_step=int(state.step))
+  console.print_summary(run, int(state.step), ckpt.directory)
+  with StopSignals() as stop:
+    state = train_loop(run, state, step_fn, data, ckpt, writer, suite, stop)
+  results = suite.run(state.params)
+  writer.write(int(state.step), {'eval/' + k: v for k, v in results.items()})
+  write_eval_results(workdir, results)
+  writer.close()
+  ckpt.close()
+  return results
 
 
-def build_run(config, workdir: str, mesh, tokenizer: Tokenizer | None) -> Run:
-  """Model, optimizer and sharded abstract state for a resolved config (no data access)."""
-  model = build_model(config.model)
-  abstract_params = jax.eval_shape(lambda r: init_params(model, config, r), jax.random.key(0))
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, abstract_params)
-  run = Run(config, workdir, mesh, tokenizer, model, tx, schedule, abstract_state=None)
-  run.abstract_state = abstract_state_for(run)
-  return run
+def restore_or_create(run: run_lib.Run, ckpt: checkpoint_lib.Checkpointer, data):
+  """The latest usable checkpoint of the workdir (state and data position), else a fresh state."""
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(run.abstract_state, data.grain_iterator)
+    logging.info('Resumed from step %d of %s', int(state.step), ckpt.directory)
+    return state
+  return run_lib.create_state(run)
 
 
-def abstract_state_for(run: Run) -> train_step_lib.TrainState:
-  """ShapeDtypeStructs of the train state carrying the shardings chosen by `config.sharding`."""
-  abstract = jax.eval_shape(lambda r: _init_state(run.model, run.config, run.tx, r), jax.random.key(0))
-  rule, min_size = run.config.sharding.params, run.config.sharding.fsdp_min_size
-  shardings = train_step_lib.TrainState(
-      step=sharding.replicated(run.mesh), rng=sharding.replicated(run.mesh),
-      params=sharding.param_shardings(abstract.params, run.mesh, rule, min_size),
-      opt_state=sharding.param_shardings(abstract.opt_state, run.mesh, rule, min_size))
-  return checkpoint_lib.abstract_with_shardings(abstract, shardings)
-
-
-def prepare_data(config):
-  """Builds the generated data set on first use (process 0 builds, the others wait)."""
-  if config.data.name in config_lib.GENERATED_DATASETS:
-    if jax.process_index() == 0:
-      sources.prepare(config.data.name, config_lib.data_dir(config), **config.data.shapes.to_dict())
-    _barrier('prepare_data')
-
-
-def setup_tokenizer(config, workdir: str) -> Tokenizer:
-  """The run's tokenizer: `config.tokenizer.path`, else the one saved in the workdir, else a BPE trained on the
-  training captions and saved to `workdir/tokenizer.json`."""
-  max_len = config.model.text.max_len
-  if config.tokenizer.path:
-    return Tokenizer.from_file(os.path.expanduser(config.tokenizer.path), max_len)
-  path = os.path.join(workdir, TOKENIZER_FILE)
-  if not os.path.exists(path) and jax.process_index() == 0:
-    source, _ = sources.load_source(config.data.name, config.data.train_split, config_lib.data_dir(config),
-                                   **sources.settings_for(config.data.name, config.data))
-    n = min(len(source), config.tokenizer.train_captions)
-    captions = (c for i in range(n) for c in _captions_or_empty(source, i))
-    tok = train_bpe(captions, config.tokenizer.vocab_size, config.tokenizer.lowercase)
-    tmp = path + '.tmp'
-    tok.save(tmp)
-    os.replace(tmp, path)  # Atomic: a crash never leaves a half-written tokenizer next to a checkpoint.
-  _barrier('tokenizer')
-  return Tokenizer.from_file(path, max_len)
-
-
-def _captions_or_empty(source, i):
-  try:
-    return sources.decode_captions(source[i])
-  except sources.BadRecordError:
-    return []
-
-
-def _barrier(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def init_params(model, config, rng):
-  """Model params from dummy inputs of the configured shapes."""
-  size, length = config.model.image.image_size, config.model.text.max_len
-  return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), jnp.zeros((1, length), jnp.int32))['params']
-
-
-def _init_state(model, config, tx, rng) -> train_step_lib.TrainState:
-  init_rng, state_rng = jax.random.split(rng)
-  params = init_params(model, config, init_rng)
-  return train_step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                                   rng=state_rng)
-
-
-def create_state(run: Run) -> train_step_lib.TrainState:
-  """Fresh state, initialised directly into its shardings (never materialised whole on one device), then
-  loaded from `config.init_from` when set."""
-  # Shapes are checked first: a mismatched checkpoint stops before anything is initialised or compiled.
-  loading = init_from.plan(run) if run.config.init_from else None
-  init = jax.jit(lambda r: _init_state(run.model, run.config, run.tx, r), out_shardings=run.state_shardings)
-  state = init(jax.random.key(run.config.seed))
-  if loading is not None:
-    state = init_from.load_into_state(run, state, loading)
+def train_loop(run, state, step_fn, data, ckpt, writer, suite, stop):
+  """Steps from `state.step` to `config.total_steps`; returns the final state (checkpointed)."""
+  cfg = run.config
+  start = int(state.step)
+  progress = console.progress_bar(start, cfg.total_steps)
+  streak = SkipStreak(cfg.max_skipped_steps)
+  tic, tic_step = time.perf_counter(), start
+  for step in range(start + 1, cfg.total_steps + 1):
+    state, metrics = step_fn(state, next(data))
+    streak.update(step, metrics, ckpt)  # Reads the previous step's flag: the device stays one step ahead.
+    progress.update(1)
+    if step % cfg.log_every == 0 or step == cfg.total_steps:
+      metrics = jax.device_get(metrics)
+      now = time.perf_counter()
+      row = {**metrics, 'samples_per_s': cfg.batch_size * (step - tic_step) / (now - tic),
+             'data/skipped': data.skipped.count, 'skipped_nonfinite_total': streak.total}
+      writer.write(step, {(k if k in _UNPREFIXED else 'train/' + k): v for k, v in row.items()})
+      progress.log(step, row)
+      tic, tic_step = time.perf_counter(), step
+    if step % cfg.ckpt_every == 0 or step == cfg.total_steps:
+      streak.flush(ckpt)
+      save(ckpt, step, state, data)
+    if stop.requested(step):
+      progress.close()
+      streak.flush(ckpt)
+      if step % cfg.ckpt_every:
+        save(ckpt, step, state, data)
+      finish_saves(ckpt, step)
+      raise Preempted(f'Stopped by {stop.name} after step {step}: checkpoint written to {ckpt.directory}/{step}. '
+                      'Rerun the same command to continue.', stop.signum)
+    if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.total_steps:
+      writer.write(step, {'eval/' + k: v for k, v in suite.run(state.params).items()})
+  progress.close()
+  finish_saves(ckpt, cfg.total_steps)
   return state
 
 
-def compile_train_step(run: Run):
-  """jit of the train step with explicit in/out shardings; the state is donated (updated in place)."""
-  loss_and_grad = grad_cache.make_loss_and_grad(run.model, run.config, run.mesh)
-  step = train_step_lib.make_train_step(run.model, run.tx, run.schedule, run.config, run.mesh, loss_and_grad)
-  batch_sh = sharding.batch_sharding(run.mesh)
-  return jax.jit(step, in_shardings=(run.state_shardings, {'image': batch_sh, 'tokens': batch_sh}),
-                 out_shardings=(run.state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
+class SkipStreak:
+  """Counts consecutive skipped (non-finite) steps and stops the run at `limit` in a row.
+
+  `update` reads the flag of the step before the one just dispatched, so the host never waits for the step it
+  has just queued; `flush` reads the newest flag (before a checkpoint and at the end).
+  """
+
+  def __init__(self, limit: int):
+    self.limit, self.run, self.total = limit, 0, 0
+    self._pending = None  # (step, metrics) not read yet.
+
+  def update(self, step: int, metrics, ckpt):
+    pending, self._pending = self._pending, (step, metrics)
+    if pending is not None:
+      self._count(*pending, ckpt)
+
+  def flush(self, ckpt):
+    if self._pending is not None:
+      self._count(*self._pending, ckpt)
+      self._pending = None
+
+  def _count(self, step: int, metrics, ckpt):
+    if not int(metrics['skipped_nonfinite']):
+      self.run = 0
+      return
+    self.run += 1
+    self.total += 1
+    loss = float(metrics['loss'])
+    logging.warning('Step %d skipped: non-finite loss, gradient, update or params (loss %s).', step, loss)
+    console.warn(f'step {step} skipped: non-finite loss, gradient, update or params (loss {loss:.4g}); the '
+                 'params were not updated.')
+    if self.run >= self.limit:
+      last = ckpt.latest_step()
+      raise Diverged(
+          f'Training diverged: steps {step - self.run + 1}-{step} all had a non-finite loss, gradient, update or '
+          f'params (loss {loss:.4g} at step {step}); stopped after {self.run} in a row '
+          f'(config.max_skipped_steps). Nothing was saved from the diverged state; the last checkpoint is '
+          f'{"step " + str(last) if last is not None else "none"}. Try a lower --config.optim.lr, a longer '
+          '--config.optim.warmup_steps, or --config.optim.clip_norm; then rerun (it resumes from the last '
+          'checkpoint) or use a new --workdir.')
 
 
-def run_evals(run: Run, params, names=None) -> dict[str, float]:
-  ctx = evaluators.EvalContext(run.config, run.model, params, run.tokenizer, run.mesh, run.workdir,
-                               config_lib.data_dir(run.config))
-  return evaluators.run_all(ctx, names if names is not None else run.config.evals.names)
+def save(ckpt: checkpoint_lib.Checkpointer, step: int, state, data):
+  """Writes a checkpoint of a finite state (the step never applies a non-finite update, and this checks)."""
+  if not bool(checkpoint_lib.is_finite(state)):
+    raise Diverged(f'The state at step {step} holds non-finite values; no checkpoint was written. Try a lower '
+                   '--config.optim.lr and rerun (it resumes from the last checkpoint).')
+  try:
+    ckpt.save(step, state, data.grain_iterator, force=True)
+  except OSError as e:
+    raise CheckpointWriteError(_write_error(ckpt, step, e)) from None
+
+
+def finish_saves(ckpt: checkpoint_lib.Checkpointer, step: int):
+  """Waits for asynchronous checkpoint writes; a failed write (disk full) is one clear error."""
+  try:
+    ckpt.wait()
+  except OSError as e:
+    raise CheckpointWriteError(_write_error(ckpt, step, e)) from None
+
+
+def _write_error(ckpt, step: int, error: OSError) -> str:
+  steps = checkpoint_lib.Checkpointer.steps_in(ckpt.workdir)
+  previous = f'the previous checkpoint (step {steps[-1]}) is intact' if steps else 'no earlier checkpoint exists'
+  return (f'Could not write checkpoint {step} to {ckpt.directory}: {error.strerror or error} '
+          f'({type(error).__name__}); {previous}. Free space (or fix permissions) and rerun the same command.')
+
+
+class StopSignals:
+  """SIGTERM and SIGINT request a clean stop after the current step (a second SIGINT stops at once).
+
+  With several processes the request is agreed on every `SYNC_EVERY` steps (a tiny all-gather), so every
+  process saves the same step.
+  """
+  SYNC_EVERY = 10
+
+  def __init__(self):
+    self.signum, self._previous = None, {}
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else ''
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. a test runner's worker): no handlers, no stop requests.
+        pass
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  def _handle(self, signum, frame):
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # Second Ctrl-C: the user does not want to wait for the checkpoint.
+    self.signum = signum
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % self.SYNC_EVERY:
+      return False
+    from jax.experimental import multihost_utils
+    signals = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    self.signum = self.signum or int(np.max(signals)) or None
+    return self.signum is not None
 
 
 def write_eval_results(workdir: str, results: dict[str, float]):
@@ -181,74 +214,18 @@ def write_eval_results(workdir: str, results: dict[str, float]):
     os.replace(tmp, os.path.join(workdir, EVAL_RESULTS_FILE))
 
 
-def format_table(results: dict[str, float]) -> str:
-  width = max(map(len, results), default=10)
-  return '\n'.join(f'{k:<{width}}  {v:8.4f}' for k, v in sorted(results.items()))
-
-
-def train(config, workdir: str) -> dict[str, float]:
-  """Trains (resuming from the latest checkpoint in `workdir` if any); returns the final evaluation."""
-  run = setup(config, workdir)
-  cfg = run.config
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.keep_ckpts)
-  data = pipeline.make_train_iterator(cfg, run.tokenizer.encode, run.mesh)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(run.abstract_state, data.grain_iterator)
-    logging.info('Resumed from step %d of %s', int(state.step), ckpt.directory)
-  else:
-    state = create_state(run)
-  start = int(state.step)
-  writer = MetricsWriter(workdir, resume_step=start)
-  step_fn = compile_train_step(run)
-  progress = _progress_bar(start, cfg.total_steps)
-  tic, tic_step = time.perf_counter(), start
-  for step in range(start + 1, cfg.total_steps + 1):
-    state, metrics = step_fn(state, next(data))
-    if progress is not None:
-      progress.update(1)
-    if step % cfg.log_every == 0 or step == cfg.total_steps:
-      metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      row = {**metrics, 'samples_per_s': cfg.batch_size * (step - tic_step) / (now - tic),
-             'data/skipped': data.skipped.count}
-      writer.write(step, {('train/' + k if k not in ('loss', 'lr', 'samples_per_s') else k): v
-                          for k, v in row.items()})
-      if progress is not None:
-        progress.set_postfix(loss=f'{float(metrics["loss"]):.4f}')
-      else:
-        logging.info('step %d loss %.4f lr %.2e t %.2f %.0f samples/s', step, metrics['loss'], metrics['lr'],
-                     metrics['t'], row['samples_per_s'])
-      tic, tic_step = time.perf_counter(), step
-    if step % cfg.ckpt_every == 0 or step == cfg.total_steps:
-      ckpt.save(step, state, data.grain_iterator, force=True)
-    if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.total_steps:
-      writer.write(step, {'eval/' + k: v for k, v in run_evals(run, state.params).items()})
-  if progress is not None:
-    progress.close()
-  ckpt.wait()
-  results = run_evals(run, state.params)
-  writer.write(int(state.step), {'eval/' + k: v for k, v in results.items()})
-  write_eval_results(workdir, results)
-  writer.close()
-  ckpt.close()
-  return results
-
-
-def _progress_bar(start: int, total: int):
-  if not sys.stdout.isatty() or jax.process_index() != 0:
-    return None
-  from tqdm import tqdm
-  return tqdm(initial=start, total=total, unit='step', dynamic_ncols=True)
-
-
 def evaluate(config, workdir: str, checkpoint_dir: str = '', names=None) -> dict[str, float]:
   """Restores the params of the latest checkpoint of `workdir` (or `checkpoint_dir`: a run or a converted model
-  directory) and runs the configured evaluators; results go to `workdir/eval_results.json`."""
-  run = setup(config, workdir, save_config=False)
+  directory) and runs the configured evaluators; results go to `workdir/eval_results.json`.
+
+  `config` must describe the checkpoint's model (eval.py takes it from the run's own config.json).
+  """
+  run = run_lib.build(config, workdir, train=False)
   source = checkpoint_dir or workdir
   params = checkpoint_lib.restore_params(
       source, run.abstract_state.params,
-      fix=f'Evaluate with the config the checkpoint was written with (--config configs/pretrained.py:{source}).')
-  results = run_evals(run, params, names)
+      fix=f'Evaluate with the config the checkpoint was written with (eval.py --workdir {source}).')
+  suite = evaluators.Suite(run.config, run.model, run.tokenizer, run.mesh, workdir, run.data_dir)
+  results = suite.run(params, names)
   write_eval_results(workdir, results)
   return results

@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vitclip.data import sources
+from vitclip.data import builder, generated, sources
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 VERSION = '1.0.0'
@@ -253,7 +253,7 @@ def _is_val(relpath: str, fraction: float) -> bool:
 # ----------------------------------------------------------------------------------------- TFDS builder
 
 
-class FolderBuilder(sources.LocalBuilder, skip_registration=True):
+class FolderBuilder(builder.LocalBuilder, skip_registration=True):
   """Writes planned examples: `splits` maps split -> [(relpath, payload)], payload a caption list or a label.
   Use `FolderBuilder.named(name)` to get a builder class for a data set name."""
   VERSION = tfds.core.Version(VERSION)
@@ -339,7 +339,7 @@ def import_folder(images: str, name: str, data_dir: str, captions: str = '', val
   """
   if not _NAME_RE.match(name):
     raise ValueError(f'--name={name!r}: use lower-case letters, digits and underscores, starting with a letter.')
-  if name in sources.GENERATED:
+  if name in generated.GENERATED:
     raise ValueError(f'--name={name!r} is reserved for the generated data set; choose another name.')
   if not os.path.isdir(images):
     raise FileNotFoundError(f'--images={images!r} is not a directory.')
@@ -362,7 +362,7 @@ def import_folder(images: str, name: str, data_dir: str, captions: str = '', val
   report.written = {split: len(entries) for split, entries in splits.items()}
   os.makedirs(data_dir, exist_ok=True)
   final = os.path.join(data_dir, name, VERSION)
-  with sources.file_lock(os.path.join(data_dir, f'.{name}.lock')):
+  with builder.file_lock(os.path.join(data_dir, f'.{name}.lock')):
     tmp = tempfile.mkdtemp(prefix=f'.{name}.importing-', dir=data_dir)  # Same file system: renames are atomic.
     try:
       builder = FolderBuilder.named(name)(

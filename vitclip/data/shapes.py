@@ -28,14 +28,16 @@ set next to the old one instead of silently reusing it; `VERSION` changes whenev
 """
 
 import dataclasses
+import os
 import random
 import re
 from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from vitclip.data import sources
+from vitclip.data import builder, sources
 
 SHAPE_NAMES = ('circle', 'square', 'triangle', 'diamond', 'star', 'cross', 'heart', 'crescent')
 COLOR_NAMES = ('red', 'orange', 'yellow', 'green', 'cyan', 'blue', 'purple', 'white')
@@ -420,7 +422,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
     return cls(name=config_name(**settings), description=f'shapes world, {settings}', **settings)
 
 
-class Shapes(sources.LocalBuilder, skip_registration=True):
+class Shapes(builder.LocalBuilder, skip_registration=True):
   """TFDS builder of the shapes world (array_record, no TensorFlow needed). Pass `config=ShapesConfig.make()`."""
   name = 'shapes'
   VERSION = tfds.core.Version('1.1.0')
@@ -456,3 +458,31 @@ class Shapes(sources.LocalBuilder, skip_registration=True):
   def _generate_examples(self, split: str, num_examples: int):
     c = self.builder_config
     return generate(split, image_size=c.image_size, num_examples=num_examples, seed=c.seed)
+
+
+# ------------------------------------------------------------------------------------------- by name
+
+
+def full_name(**settings) -> str:
+  """'shapes/<config>' for settings image_size, num_train, num_validation, num_test, seed (missing ones take
+  `DEFAULTS`), e.g. 'shapes/s64_n50000_v2000_t2000_seed0': usable anywhere a data set name is."""
+  return f'{Shapes.name}/' + config_name(**check_settings(**{**DEFAULTS, **settings}))
+
+
+def prepare(data_dir: str, **settings) -> str:
+  """Builds the data set of `settings` under `data_dir` unless it already exists; returns its builder dir.
+
+  Safe when several processes call it at once (a file lock; TFDS writes into a temporary directory and renames
+  it when complete); a no-op when the data set exists.
+  """
+  builder_config = ShapesConfig.make(**settings)
+  root = epath.Path(data_dir) / Shapes.name / builder_config.name
+  final = root / str(Shapes.VERSION)
+  if not sources.is_version_dir(final):
+    with builder.file_lock(os.path.join(data_dir, Shapes.name, f'.{builder_config.name}.lock')):
+      if not sources.is_version_dir(final):  # Else another process built it while we waited.
+        for stale in root.iterdir() if root.is_dir() else ():
+          if stale.name.startswith('incomplete.'):  # A crashed build's; nobody else builds (we hold the lock).
+            stale.rmtree(missing_ok=True)
+        Shapes(config=builder_config, data_dir=data_dir, file_format='array_record').build()
+  return os.fspath(final)

@@ -1,4 +1,4 @@
-"""Data sets by name: find a prepared TFDS data set under the data dir, build `shapes`, decode records.
+"""Reading data sets by name: find a prepared TFDS data set under the data dir and decode its records.
 
 Any TFDS data set prepared in the array_record format can be read: built-in ones (`tfds build NAME
 --file_format=array_record`), the generated `shapes` world and folders imported with `vitclip.data.folder`.
@@ -6,30 +6,23 @@ Reading goes through `tfds.builder_from_directory` (the data set's own `dataset_
 is needed and nothing is ever downloaded.
 
 Names: 'name', 'name/config', 'name:1.2.0' or 'name/config:1.2.0'; without a version the newest prepared one is
-used. A data set with several prepared configs needs the config, except for `shapes`, whose config is derived
-from its settings: `load_source('shapes', split, data_dir, **config.data.shapes)` reads exactly the data that
-`prepare('shapes', data_dir, **config.data.shapes)` built. `shapes_name(**settings)` gives the full name
-('shapes/s64_n50000_v2000_t2000_seed0'), usable anywhere a name is.
+used. A data set with several prepared configs needs the config. Generated data sets (`vitclip.data.generated`)
+resolve a bare name to the config their settings describe before they get here.
 """
 
-import contextlib
-import fcntl
 import io
 import os
 import re
-import tempfile
 import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from array_record.python import array_record_module
 from PIL import Image
 from tensorflow_datasets.core.data_sources import array_record as array_record_source
 from tensorflow_datasets.proto import tf_example_pb2
 
 _VERSION_RE = re.compile(r'^\d+\.\d+\.\d+$')
-GENERATED = ('shapes',)
 
 
 class BadRecordError(ValueError):
@@ -37,13 +30,6 @@ class BadRecordError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------- names
-
-
-def shapes_name(**settings) -> str:
-  """'shapes/<config>' for settings image_size, num_train, num_validation, num_test, seed (defaults: those of
-  `shapes.DEFAULTS`)."""
-  from vitclip.data import shapes
-  return 'shapes/' + shapes.config_name(**shapes.check_settings(**{**shapes.DEFAULTS, **settings}))
 
 
 def parse_name(name: str) -> tuple[str, str | None, str | None]:
@@ -57,23 +43,20 @@ def parse_name(name: str) -> tuple[str, str | None, str | None]:
 
 
 def _fix_hint(dataset: str, data_dir: str) -> str:
-  if dataset in GENERATED:
-    return ('It is built automatically by train.py / eval.py (config.data.name="shapes"), or by '
-            f'vitclip.data.sources.prepare("shapes", {data_dir!r}, **settings).')
   return (f'Import your own images with `python -m vitclip.data.folder --images DIR --captions FILE '
           f'--name {dataset} --data_dir {data_dir}` (or --classes_from_subdirs for a classification folder), '
           f'or prepare a TFDS data set with `tfds build {dataset} --data_dir {data_dir} '
           '--file_format=array_record`; or point config.data.data_dir / $TFDS_DATA_DIR at the right directory.')
 
 
-def _is_version_dir(path: epath.Path) -> bool:
+def is_version_dir(path: epath.Path) -> bool:
   return _VERSION_RE.match(path.name) is not None and (path / 'dataset_info.json').exists()
 
 
 def _versions(path: epath.Path) -> list[str]:
   if not path.is_dir():
     return []
-  found = [p.name for p in path.iterdir() if _is_version_dir(p)]
+  found = [p.name for p in path.iterdir() if is_version_dir(p)]
   return sorted(found, key=lambda v: tuple(int(x) for x in v.split('.')))
 
 
@@ -84,7 +67,7 @@ def _configs(path: epath.Path) -> list[str]:
                 if not p.name.startswith('.') and not _VERSION_RE.match(p.name) and _versions(p))
 
 
-def find_builder_dir(name: str, data_dir: str, **shapes_settings) -> str:
+def find_builder_dir(name: str, data_dir: str) -> str:
   """The directory `data_dir/name[/config]/version` of a prepared data set (see the module docstring).
 
   Raises:
@@ -92,18 +75,14 @@ def find_builder_dir(name: str, data_dir: str, **shapes_settings) -> str:
     ValueError: the name is ambiguous (several configs) or malformed.
   """
   dataset, config, version = parse_name(name)
-  if dataset in GENERATED and config is None and shapes_settings:
-    dataset, config, _ = parse_name(shapes_name(**shapes_settings))
   root = epath.Path(data_dir) / dataset
   if config is None and not _versions(root):
     configs = _configs(root)
     if len(configs) == 1:
       config = configs[0]
     elif len(configs) > 1:
-      hint = (' (or pass the shapes settings: load_source("shapes", split, data_dir, **config.data.shapes))'
-              if dataset in GENERATED else '')
       raise ValueError(f'data set {dataset!r} has several prepared configs in {root}: {configs}; name one, '
-                       f'e.g. "{dataset}/{configs[0]}"{hint}.')
+                       f'e.g. "{dataset}/{configs[0]}".')
   path = root / config if config else root
   versions = _versions(path)
   if version is None and versions:
@@ -220,19 +199,11 @@ def _image_key(features, where: str) -> str:
   return images[0]
 
 
-def settings_for(name: str, data_config) -> dict:
-  """The generation settings `config.data.shapes` when `name` is a generated data set without an explicit
-  config, so that training and every evaluator read the data the config describes; {} otherwise."""
-  if parse_name(name)[0] in GENERATED and 'shapes' in data_config:
-    return data_config.shapes.to_dict()
-  return {}
-
-
-def load_source(name: str, split: str, data_dir: str, **shapes_settings):
+def load_source(name: str, split: str, data_dir: str):
   """Opens one split of a prepared data set for random access.
 
   Args:
-    name: 'name[/config][:version]' (module docstring); for 'shapes', `shapes_settings` select the config.
+    name: 'name[/config][:version]' (module docstring).
     split: a split name, or any TFDS split expression such as 'train[:1000]'.
     data_dir: the TFDS data dir.
   Returns:
@@ -240,7 +211,7 @@ def load_source(name: str, split: str, data_dir: str, **shapes_settings):
   Raises:
     FileNotFoundError / ValueError: with a message naming the data set, the data dir and the fix.
   """
-  path = find_builder_dir(name, data_dir, **shapes_settings)
+  path = find_builder_dir(name, data_dir)
   builder = tfds.builder_from_directory(path)
   info = builder.info
   base_split = re.split(r'[\[+]', split, maxsplit=1)[0]
@@ -343,98 +314,3 @@ def class_names(info, feature: str) -> list[str]:
                      'not a ClassLabel, so it has no class names; give them in a text file (one per line) with '
                      f'--config.evals.zeroshot.classnames_files.{info.name}=FILE.')
   return list(features[feature].names)
-
-
-# ---------------------------------------------------------------------------------------------- building
-
-
-class FastArrayRecordWriter(tfds.core.writer.ExampleWriter):
-  """TFDS example writer (its documented injection point) for array_record files with zstd level 1: about 2x
-  faster to write and read than the default level 3, for ~25% more bytes. Files read like any TFDS shard."""
-  OPTIONS = 'group_size:1,zstd:1'
-
-  def write(self, path, examples):
-    writer = array_record_module.ArrayRecordWriter(os.fspath(path), self.OPTIONS)
-    try:
-      for _, serialized in examples:
-        writer.write(serialized)
-    finally:
-      writer.close()
-    return None
-
-
-class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base of vitclip's own TFDS builders (shapes, folder imports): nothing to download, array_record shards
-  written by FastArrayRecordWriter, readable later by name without this code (tfds.builder_from_directory)."""
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # TFDS 4.9.10 looks up the path of a builder defined in a package via the `importlib_resources` backport,
-    # which is not installed on Python >= 3.9; a file path is all it needs.
-    return epath.Path(__file__)
-
-  def _example_writer(self):
-    return FastArrayRecordWriter(self.info.file_format)
-
-  def build(self):
-    """download_and_prepare without progress bars and without a downloads folder in the data dir."""
-    with tempfile.TemporaryDirectory(prefix='vitclip_dl_') as download_dir, _quiet_tfds():
-      self.download_and_prepare(download_dir=download_dir,
-                                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-
-
-@contextlib.contextmanager
-def file_lock(path: str):
-  """Exclusive advisory lock on `path` (created if needed); held until the block exits. Serialises builds by
-  several processes on one machine. No-op for remote paths (gs://...): there TFDS's write-to-temporary-then-rename
-  is the only protection, and train.py builds on process 0 only anyway."""
-  if '://' in path:
-    yield
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def prepare(name: str, data_dir: str, **shapes_settings) -> str:
-  """Builds a generated data set unless it already exists; returns its builder dir.
-
-  Only 'shapes' is generated (settings: image_size, num_train, num_validation, num_test, seed); other names
-  must already be prepared and are only checked. Safe when several processes call it at once (a file lock; TFDS
-  writes into a temporary directory and renames it when complete); a no-op when the data set exists.
-  """
-  dataset, config, version = parse_name(name)
-  if dataset not in GENERATED:
-    return find_builder_dir(name, data_dir)
-  from vitclip.data import shapes
-  builder_config = shapes.ShapesConfig.make(**shapes_settings)
-  if config not in (None, builder_config.name) or version not in (None, str(shapes.Shapes.VERSION)):
-    raise ValueError(f'prepare({name!r}): the config/version in the name does not match the settings '
-                     f'{shapes_settings} -> {builder_config.name}:{shapes.Shapes.VERSION}.')
-  root = epath.Path(data_dir) / dataset / builder_config.name
-  final = root / str(shapes.Shapes.VERSION)
-  if not _is_version_dir(final):
-    with file_lock(os.path.join(data_dir, dataset, f'.{builder_config.name}.lock')):
-      if not _is_version_dir(final):  # Else another process built it while we waited.
-        for stale in root.iterdir() if root.is_dir() else ():
-          if stale.name.startswith('incomplete.'):  # A crashed build's; nobody else builds (we hold the lock).
-            stale.rmtree(missing_ok=True)
-        shapes.Shapes(config=builder_config, data_dir=data_dir, file_format='array_record').build()
-  return os.fspath(final)
-
-
-@contextlib.contextmanager
-def _quiet_tfds():
-  """No per-example progress bars while building (they flood logs); restored afterwards."""
-  from tensorflow_datasets.core.utils import tqdm_utils
-  active = tqdm_utils._active  # pylint: disable=protected-access
-  tqdm_utils.disable_progress_bar()
-  try:
-    yield
-  finally:
-    tqdm_utils.display_progress_bar(active)

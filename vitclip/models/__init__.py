@@ -3,14 +3,15 @@
 import math
 
 import jax
+import jax.numpy as jnp
 
 from vitclip.models.text import TextTransformer
-from vitclip.models.two_tower import TwoTower, l2_normalize
+from vitclip.models.two_tower import TwoTower, clamp_logit_scale, l2_normalize, logit_params
 from vitclip.models.variants import VARIANTS, decode_variant
 from vitclip.models.vit import VisionTransformer
 
-__all__ = ['TextTransformer', 'TwoTower', 'VARIANTS', 'VisionTransformer', 'build_model', 'count_params',
-           'decode_variant', 'l2_normalize']
+__all__ = ['TextTransformer', 'TwoTower', 'VARIANTS', 'VisionTransformer', 'build_model', 'clamp_logit_scale',
+           'count_params', 'decode_variant', 'init_params', 'l2_normalize', 'logit_params']
 
 _SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan')  # config.model fields that both towers take.
 
@@ -18,14 +19,23 @@ _SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan')  # config.model fields 
 def build_model(config_model) -> TwoTower:
   """config.model (ConfigDict or mapping; see configs/base.py) -> TwoTower.
 
-  Every tower field is copied into plain Python values, so the module is hashable. `t_init` / `b_init` left at
-  None (config not passed through `vitclip.config.resolve`) mean t = 1/0.07 and no bias.
+  Every tower field is copied into plain Python values, so the module is hashable. A field missing from
+  `config_model` keeps the module's own default (the modules own the model defaults; configs/base.py lists the
+  same values with comments). `t_init` / `b_init` left at None (config not passed through
+  `vitclip.config.resolve`) mean t = 1/0.07 and no bias.
   """
-  shared = {k: _plain(config_model[k]) for k in _SHARED}
+  shared = {k: _plain(config_model[k]) for k in _SHARED if k in config_model}
   image = {k: _plain(v) for k, v in config_model['image'].items()}
   text = {k: _plain(v) for k, v in config_model['text'].items()}
-  return TwoTower(img=VisionTransformer(**image, **shared), txt=TextTransformer(**text, **shared),
-                  t_init=_plain(config_model['t_init']), b_init=_plain(config_model['b_init']))
+  scale = {k: _plain(config_model[k]) for k in ('t_init', 'b_init') if k in config_model}
+  return TwoTower(img=VisionTransformer(**image, **shared), txt=TextTransformer(**text, **shared), **scale)
+
+
+def init_params(model: TwoTower, rng):
+  """Params of `model` from dummy inputs at its configured image size and text length (float32 arrays; use
+  under `jax.eval_shape` for shapes only, or `jax.jit(..., out_shardings=...)` to create them sharded)."""
+  size, length = model.img.image_size, model.txt.max_len
+  return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), jnp.zeros((1, length), jnp.int32))['params']
 
 
 def _plain(value):

@@ -1,7 +1,8 @@
 """The contrastive two-tower model: image tower `img`, text tower `txt`, logit scale `t` and bias `b`.
 
 Params: {'img': ..., 'txt': ..., 't': log t (scalar), 'b': bias (scalar, only when b_init is set)}.
-Storing log t keeps the multiplier positive under gradient descent (CLIP); `vitclip.train_step` clamps it.
+Storing log t keeps the multiplier positive under gradient descent (CLIP). Only this module knows that:
+everything else reads t and b through `logit_params` and clamps t through `clamp_logit_scale`.
 """
 
 import math
@@ -14,6 +15,19 @@ from vitclip.models.text import TextTransformer
 from vitclip.models.vit import VisionTransformer
 
 DEFAULT_T_INIT = 1 / 0.07  # CLIP (Radford et al. 2021).
+
+
+def logit_params(params) -> tuple[jax.Array, jax.Array | None]:
+  """(t, b) of TwoTower params: the float32 scalar multiplier t = exp(params['t']) and the bias (None when the
+  model has none)."""
+  return jnp.exp(params['t']), params.get('b')
+
+
+def clamp_logit_scale(params, t_max: float):
+  """TwoTower params with t clamped to <= t_max (CLIP clamps after every update; t_max <= 0: no clamp)."""
+  if t_max <= 0:
+    return params
+  return {**params, 't': jnp.minimum(params['t'], math.log(t_max))}
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-6):

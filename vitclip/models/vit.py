@@ -51,6 +51,13 @@ def resize_posemb(posemb: jax.Array, h: int, w: int) -> jax.Array:
   return jax.image.resize(grid, (h, w, grid.shape[-1]), method='bilinear').reshape(1, h * w, -1)
 
 
+def resample_posemb(posemb: jax.Array, num_prefix: int, grid: int) -> jax.Array:
+  """[1, num_prefix + g·g, W] -> [1, num_prefix + grid·grid, W]: the g×g grid resized bilinearly (as the ViT does
+  for other input sizes at apply time), the prefix (CLS) tokens kept as they are. Used to load a learned
+  position embedding trained at another resolution."""
+  return jnp.concatenate([posemb[:, :num_prefix], resize_posemb(posemb[:, num_prefix:], grid, grid)], axis=1)
+
+
 class VisionTransformer(nn.Module):
   """ViT image tower. Fields mirror `config.model.image` plus the shared model settings."""
   variant: str = 'B/16'
