@@ -7,14 +7,20 @@ import pickle
 import re
 import threading
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vitclip.data import folder, shapes, sources
+from vitclip.data import folder, generated, shapes, sources
 
 SMALL = dict(image_size=32, num_train=200, num_validation=20, num_test=32, seed=0)
+
+
+def shapes_data(**settings):
+  """A `config.data` section naming the generated shapes set with `settings`."""
+  return ml_collections.ConfigDict({'name': 'shapes', 'shapes': settings})
 
 
 def examples(split, n=40, image_size=48, seed=0, **kw):
@@ -155,8 +161,8 @@ def test_test_split_is_single_object_and_balanced():
 
 def test_config_name_encodes_settings():
   assert shapes.config_name(**shapes.DEFAULTS) == 's64_n50000_v2000_t2000_seed0'
-  assert sources.shapes_name() == 'shapes/s64_n50000_v2000_t2000_seed0'
-  assert sources.shapes_name(image_size=32) != sources.shapes_name()
+  assert shapes.full_name() == 'shapes/s64_n50000_v2000_t2000_seed0'
+  assert shapes.full_name(image_size=32) != shapes.full_name()
   with pytest.raises(ValueError, match='image_size'):
     shapes.check_settings(**{**shapes.DEFAULTS, 'image_size': 8})
 
@@ -167,15 +173,15 @@ def test_config_name_encodes_settings():
 @pytest.fixture(scope='module')
 def shapes_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  path = sources.prepare('shapes', data_dir, **SMALL)
+  path = shapes.prepare(data_dir, **SMALL)
   return data_dir, path
 
 
 def test_prepare_and_load_source(shapes_dir):
   data_dir, path = shapes_dir
-  assert path == os.path.join(data_dir, sources.shapes_name(**SMALL), str(shapes.Shapes.VERSION))
+  assert path == os.path.join(data_dir, shapes.full_name(**SMALL), str(shapes.Shapes.VERSION))
   for split, n in (('train', 200), ('validation', 20), ('test', 32)):
-    source, info = sources.load_source('shapes', split, data_dir, **SMALL)
+    source, info = generated.load_source('shapes', split, shapes_data(**SMALL), data_dir)
     assert len(source) == n
     expected = examples(split, n=n, image_size=32)
     for i in (0, 1, n // 2, n - 1):
@@ -190,15 +196,15 @@ def test_prepare_and_load_source(shapes_dir):
   assert sources.class_names(info, 'label') == list(shapes.SHAPE_NAMES)
   assert sources.class_names(info, 'color') == list(shapes.COLOR_NAMES)
   # The full name and the unique-config fallback find the same data.
-  by_name, _ = sources.load_source(sources.shapes_name(**SMALL), 'test', data_dir)
+  by_name, _ = sources.load_source(shapes.full_name(**SMALL), 'test', data_dir)
   bare, _ = sources.load_source('shapes', 'test', data_dir)
   np.testing.assert_array_equal(by_name[3]['image'], bare[3]['image'])
-  assert len(sources.load_source('shapes', 'train[:50]', data_dir, **SMALL)[0]) == 50
+  assert len(generated.load_source('shapes', 'train[:50]', shapes_data(**SMALL), data_dir)[0]) == 50
 
 
 def test_fast_decoding_equals_tfds(shapes_dir):
   data_dir, path = shapes_dir
-  ours, _ = sources.load_source('shapes', 'validation', data_dir, **SMALL)
+  ours, _ = generated.load_source('shapes', 'validation', shapes_data(**SMALL), data_dir)
   reference = tfds.builder_from_directory(path).as_data_source('validation')
   for i in range(0, 20, 3):
     a, b = ours[i], reference[i]
@@ -209,11 +215,11 @@ def test_fast_decoding_equals_tfds(shapes_dir):
 
 def test_source_pickles_and_falls_back_to_tfds_decoding(shapes_dir, monkeypatch):
   data_dir, _ = shapes_dir
-  source, _ = sources.load_source('shapes', 'test', data_dir, **SMALL)
+  source, _ = generated.load_source('shapes', 'test', shapes_data(**SMALL), data_dir)
   clone = pickle.loads(pickle.dumps(source))  # grain worker processes receive the source pickled.
   np.testing.assert_array_equal(clone[5]['image'], source[5]['image'])
   monkeypatch.setattr(sources._FastDecoder, 'for_features', lambda features: None)  # pylint: disable=protected-access
-  slow, _ = sources.load_source('shapes', 'test', data_dir, **SMALL)
+  slow, _ = generated.load_source('shapes', 'test', shapes_data(**SMALL), data_dir)
   for i in (0, 7):
     a, b = source[i], slow[i]
     assert a.keys() == b.keys() and sources.decode_captions(a) == sources.decode_captions(b)
@@ -223,18 +229,18 @@ def test_source_pickles_and_falls_back_to_tfds_decoding(shapes_dir, monkeypatch)
 def test_prepare_is_a_noop_when_built(shapes_dir):
   data_dir, path = shapes_dir
   stamp = os.stat(os.path.join(path, 'dataset_info.json')).st_mtime_ns
-  assert sources.prepare('shapes', data_dir, **SMALL) == path
+  assert shapes.prepare(data_dir, **SMALL) == path
   assert os.stat(os.path.join(path, 'dataset_info.json')).st_mtime_ns == stamp
 
 
 def test_settings_select_the_data_set(tmp_path):
   data_dir = str(tmp_path)
   small = dict(SMALL, num_train=16, num_validation=0, num_test=8)
-  stale = os.path.join(data_dir, sources.shapes_name(**small), f'incomplete.CRASHED_{shapes.Shapes.VERSION}')
+  stale = os.path.join(data_dir, shapes.full_name(**small), f'incomplete.CRASHED_{shapes.Shapes.VERSION}')
   os.makedirs(stale)  # Left behind by a build that was killed.
   # Two builders racing (threads: flock is per open file, so this exercises the lock).
   paths = []
-  threads = [threading.Thread(target=lambda: paths.append(sources.prepare('shapes', data_dir, **small)))
+  threads = [threading.Thread(target=lambda: paths.append(shapes.prepare(data_dir, **small)))
              for _ in range(2)]
   for t in threads:
     t.start()
@@ -243,15 +249,16 @@ def test_settings_select_the_data_set(tmp_path):
   assert len(paths) == 2 and paths[0] == paths[1]
   assert os.listdir(os.path.dirname(paths[0])) == [str(shapes.Shapes.VERSION)]
   other = dict(small, image_size=24)
-  sources.prepare('shapes', data_dir, **other)
-  assert sources.decode_image(sources.load_source('shapes', 'test', data_dir, **other)[0][0]).shape == (24, 24, 3)
-  assert sources.decode_image(sources.load_source('shapes', 'test', data_dir, **small)[0][0]).shape == (32, 32, 3)
+  shapes.prepare(data_dir, **other)
+  load = lambda settings: generated.load_source('shapes', 'test', shapes_data(**settings), data_dir)[0]
+  assert sources.decode_image(load(other)[0]).shape == (24, 24, 3)
+  assert sources.decode_image(load(small)[0]).shape == (32, 32, 3)
   with pytest.raises(ValueError, match='several prepared configs'):
     sources.load_source('shapes', 'test', data_dir)
   with pytest.raises(ValueError, match="no split 'validation'"):
-    sources.load_source('shapes', 'validation', data_dir, **small)
+    generated.load_source('shapes', 'validation', shapes_data(**small), data_dir)
   with pytest.raises(FileNotFoundError, match='built automatically by train.py'):
-    sources.load_source('shapes', 'test', data_dir, **dict(small, seed=5))
+    generated.load_source('shapes', 'test', shapes_data(**dict(small, seed=5)), data_dir)
 
 
 def test_missing_data_set_message(tmp_path):
@@ -450,3 +457,35 @@ def test_class_subdir_import(tmp_path):
   assert sources.decode_image(source[0]).shape == (10, 10, 3)
   with pytest.raises(ValueError, match='classnames_files'):
     sources.class_names(info, 'filename')
+
+
+def test_sixteen_bit_greyscale_png_keeps_its_contrast(tmp_path):
+  """A 16-bit greyscale PNG (as scanners and microscopes write them) decodes to its values scaled by 255/65535,
+  not clipped to white by PIL's RGB conversion; through the folder import too."""
+  ramp = np.linspace(0, 65535, 12 * 10).reshape(12, 10).astype(np.uint16)
+  d = tmp_path / 'images'
+  d.mkdir()
+  Image.fromarray(ramp).save(d / 'scan.png')  # PIL writes a real 16-bit greyscale PNG (mode I;16, bit depth 16).
+  with open(d / 'scan.png', 'rb') as f:
+    data = f.read()
+  assert data[24] == 16 and data[25] == 0  # IHDR: bit depth 16, colour type 0 (greyscale).
+  expected = np.repeat(np.rint(ramp * (255 / 65535)).astype(np.uint8)[..., None], 3, axis=-1)
+  np.testing.assert_array_equal(sources.decode_image({'image': data}), expected)
+  (tmp_path / 'caps.jsonl').write_text(json.dumps({'image': 'scan.png', 'caption': 'a scan'}) + '\n')
+  folder.import_folder(str(d), 'scans', str(tmp_path / 'tfds'), str(tmp_path / 'caps.jsonl'), val_fraction=0)
+  got, _ = read_back(str(tmp_path / 'tfds'), 'scans')
+  np.testing.assert_array_equal(got['scan.png'][0], expected)
+
+
+def test_interrupted_import_leaves_nothing_behind(image_folder, tmp_path):
+  """A killed import leaves its `.NAME.importing-*` folder; the next import of that name removes it."""
+  images, _ = image_folder
+  data_dir = tmp_path / 'tfds'
+  stale = data_dir / '.pics.importing-killed'
+  (stale / 'pics').mkdir(parents=True)
+  other = data_dir / '.other.importing-running'  # Another name's import: not ours to touch.
+  other.mkdir()
+  write_jsonl(tmp_path / 'c.jsonl')
+  folder.import_folder(str(images), 'pics', str(data_dir), str(tmp_path / 'c.jsonl'))
+  assert not stale.exists() and other.exists()
+  assert not [n for n in os.listdir(data_dir) if n.startswith('.pics.importing-')]

@@ -8,6 +8,7 @@ import os
 import tempfile
 
 import tensorflow_datasets as tfds
+from absl import logging
 from array_record.python import array_record_module
 from etils import epath
 
@@ -37,6 +38,11 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # TFDS 4.9.10 looks up the path of a builder defined in a package via the `importlib_resources` backport,
     # which is not installed on Python >= 3.9; a file path is all it needs.
     return epath.Path(__file__)
+
+  def _log_download_bytes(self):
+    # TFDS prints "Downloading and preparing dataset ..." here; nothing is downloaded, so say what happens.
+    logging.info('Writing %s/%s into %s', self.name, self.builder_config.name if self.builder_config else '',
+                 self.data_dir)
 
   def _example_writer(self):
     return FastArrayRecordWriter(self.info.file_format)

@@ -363,13 +363,16 @@ def import_folder(images: str, name: str, data_dir: str, captions: str = '', val
   os.makedirs(data_dir, exist_ok=True)
   final = os.path.join(data_dir, name, VERSION)
   with builder.file_lock(os.path.join(data_dir, f'.{name}.lock')):
+    for stale in os.listdir(data_dir):  # Left by an import that was killed; nobody else imports (we hold the lock).
+      if stale.startswith(f'.{name}.importing-'):
+        shutil.rmtree(os.path.join(data_dir, stale), ignore_errors=True)
     tmp = tempfile.mkdtemp(prefix=f'.{name}.importing-', dir=data_dir)  # Same file system: renames are atomic.
     try:
-      builder = FolderBuilder.named(name)(
+      folder_builder = FolderBuilder.named(name)(
           images_dir=images, splits=splits, class_names=class_names, image_size=image_size,
           description=f'Imported with vitclip.data.folder from {source} (image_size={image_size}).',
           data_dir=tmp, file_format='array_record')
-      builder.build()
+      folder_builder.build()
       os.makedirs(os.path.dirname(final), exist_ok=True)
       old = os.path.join(tmp, 'previous')
       if os.path.exists(final):

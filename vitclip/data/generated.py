@@ -47,6 +47,19 @@ def resolve(name: str, data_config) -> str:
   return f'{full}:{version}' if version else full
 
 
+def load_source(name: str, split: str, data_config, data_dir: str):
+  """`sources.load_source` of `resolve(name, data_config)`; a generated data set that is not built yet says
+  how it gets built."""
+  try:
+    return sources.load_source(resolve(name, data_config), split, data_dir)
+  except FileNotFoundError as e:
+    if not is_generated(name):
+      raise
+    raise FileNotFoundError(f'{e} It is built automatically by train.py / eval.py (config.data.name={name!r} or '
+                            f'an evaluation naming it), or by vitclip.data.generated.prepare({name!r}, '
+                            'config.data, data_dir).') from None
+
+
 def prepare(name: str, data_config, data_dir: str) -> str:
   """Builds the generated data set `name` with the settings of `config.data` unless it exists; returns the
   resolved name. Other names are returned unchanged (they must already be prepared)."""

@@ -126,8 +126,8 @@ class TrainIterator:
 
 def make_train_iterator(config, tokenize: Callable[[list[str]], np.ndarray], mesh) -> TrainIterator:
   """Builds the training stream over `config.data.train_split` for this process."""
-  name = generated.resolve(config.data.name, config.data)
-  source, _ = sources.load_source(name, config.data.train_split, config_lib.data_dir(config))
+  source, _ = generated.load_source(config.data.name, config.data.train_split, config.data,
+                                    config_lib.data_dir(config))
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
                      f'{jax.process_count()} processes.')

@@ -261,10 +261,20 @@ def _decode_bytes(data: bytes) -> np.ndarray:
     raise BadRecordError('image bytes are empty.')
   try:
     with Image.open(io.BytesIO(data)) as pil:
+      if pil.mode.startswith('I'):  # 16-bit (or 32-bit int) greyscale: PIL's RGB conversion would clip to 255.
+        return _wide_grey_to_rgb(pil)
       pil = pil.convert('RGB')  # Forces a full decode: truncated files fail here.
       return np.asarray(pil, dtype=np.uint8)
   except Exception as e:  # pylint: disable=broad-except  # PIL raises OSError, SyntaxError, ValueError, ...
     raise BadRecordError(f'image bytes cannot be decoded ({type(e).__name__}: {e}).') from None
+
+
+def _wide_grey_to_rgb(pil) -> np.ndarray:
+  """A greyscale image of 16-bit samples (PIL modes 'I;16*', or 'I' as 16-bit PNGs open) -> uint8 [H, W, 3],
+  scaled by 255 / 65535 as image viewers show it."""
+  grey = np.asarray(pil, dtype=np.float64)
+  grey = np.clip(np.rint(grey * (255 / 65535)), 0, 255).astype(np.uint8)
+  return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def _text(value) -> str:
