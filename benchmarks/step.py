@@ -12,7 +12,6 @@ activations, and on GPU it leaves out the matmuls handed to cuBLAS.
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vitclip import config as config_lib, flops, host_malloc, sharding, trainer  # noqa: E402
+from vitclip import flops, host_malloc, run as run_lib, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=False)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.', lower_bound=1)
@@ -42,12 +41,9 @@ def device_peak_tflops(device) -> float | None:
   return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
 
 
-def build_benchmark_run(config) -> trainer.Run:
+def build_benchmark_run(config) -> run_lib.Run:
   """A Run without data set or tokenizer: vocab comes from config.model.text.vocab_size."""
-  config = config_lib.resolve(config)
-  config_lib.validate(config, None, check_data=False)
-  mesh = sharding.make_mesh(config.mesh)
-  return trainer.build_run(config, tempfile.mkdtemp(), mesh, tokenizer=None)
+  return run_lib.build(config, None, train=False, check_data=False, with_tokenizer=False)
 
 
 def xla_flops(compiled) -> float:
@@ -57,13 +53,13 @@ def xla_flops(compiled) -> float:
   return float((cost or {}).get('flops', 0.0))
 
 
-def model_flops(run: trainer.Run, state, batch) -> int:
+def model_flops(run: run_lib.Run, state, batch) -> int:
   """Global FLOPs of one step as the model defines it: the step traced with remat off, never compiled."""
   if run.config.model.remat_policy != 'none':
     config = ml_collections.ConfigDict(run.config.to_dict())
     config.model.remat_policy = 'none'
     run = build_benchmark_run(config)
-  return flops.count_matmul_flops(trainer.compile_train_step(run),
+  return flops.count_matmul_flops(run_lib.compile_train_step(run),
                                   *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch)))
 
 
@@ -79,9 +75,9 @@ def main(argv):
   del argv
   run = build_benchmark_run(_CONFIG.value)
   cfg = run.config
-  step = trainer.compile_train_step(run)
+  step = run_lib.compile_train_step(run)
   batch = random_batch(cfg, run.mesh)
-  state = trainer.create_state(run)
+  state = run_lib.create_state(run)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0

@@ -8,6 +8,7 @@ import pytest  # pylint: disable=wrong-import-position
 
 from configs import base, shapes
 from vitclip import config as config_lib
+from vitclip import sharding
 from tests.tiny import override
 from vitclip.config import ConfigError
 
@@ -47,7 +48,7 @@ def test_override_from_the_command_line_changes_the_default():
     ([('data', -1), ('model', 2)], 8, (('data', 'model'), (4, 2))),
 ])
 def test_mesh_shape(spec, devices, expected):
-  assert config_lib.mesh_shape(spec, devices) == expected
+  assert sharding.mesh_shape(spec, devices) == expected
 
 
 @pytest.mark.parametrize('spec, fragment', [
@@ -58,7 +59,7 @@ def test_mesh_shape(spec, devices, expected):
 ])
 def test_bad_mesh(spec, fragment):
   with pytest.raises(ConfigError, match=fragment):
-    config_lib.mesh_shape(spec, 8)
+    sharding.mesh_shape(spec, 8)
 
 
 def _validate(tmp_path, num_devices=8, **overrides):

@@ -16,7 +16,9 @@ from tests.test_sharding import batch_for
 from tests import tiny
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
-from vitclip import init_from, train_step as train_step_lib, trainer
+from vitclip import init_from, run as run_lib, train_step as train_step_lib, trainer
+from vitclip.models import init_params
+from vitclip.models.vit import resample_posemb
 
 # A CLIP-style image tower (CLS token, learned position embeddings): the one whose position grid init_from
 # resamples. The tiny demo tower pools by GAP with fixed sin-cos embeddings, which have no params.
@@ -34,10 +36,10 @@ def source(data_dir, tmp_path_factory):
   """(workdir with a full-TrainState checkpoint, converted-layout dir with the same params only, params,
   the params a tiny run with seed 0 initialises)."""
   workdir = str(tmp_path_factory.mktemp('source_run'))
-  run = trainer.setup(tiny_config(data_dir), workdir)
-  init = jax.jit(lambda r: trainer.init_params(run.model, run.config, r))
+  run = run_lib.build(tiny_config(data_dir), workdir)
+  init = jax.jit(lambda r: init_params(run.model, r))
   params = init(jax.random.key(1))  # Differs from the seed-0 init of the runs started from it.
-  fresh = jax.device_get(init(jax.random.split(jax.random.key(0))[0]))  # As trainer.create_state with seed 0.
+  fresh = jax.device_get(init(jax.random.split(jax.random.key(0))[0]))  # As run.create_state with seed 0.
   state = train_step_lib.TrainState(step=jnp.int32(3), params=params, opt_state=run.tx.init(params),
                                     rng=jax.random.key(0))
   ckpt = checkpoint_lib.Checkpointer(workdir)
@@ -57,8 +59,8 @@ def source(data_dir, tmp_path_factory):
 
 def start(data_dir, workdir, **overrides):
   """(run, state) of a tiny run set up in `workdir` and initialised (from config.init_from when given)."""
-  run = trainer.setup(tiny_config(data_dir, **overrides), str(workdir))
-  return run, trainer.create_state(run)
+  run = run_lib.build(tiny_config(data_dir, **overrides), str(workdir))
+  return run, run_lib.create_state(run)
 
 
 def tiny_config(data_dir, **overrides):
@@ -99,7 +101,7 @@ def test_image_tower_only_at_a_new_resolution(source, data_dir, tmp_path):
 
 def test_downsampled_position_grid_is_antialiased_as_at_apply_time(source):
   pos = source[2]['img']['pos_embedding']  # [1, 1 + 4 * 4, 32]
-  got = np.asarray(init_from.resample_posemb(pos, 1, 2))
+  got = np.asarray(resample_posemb(pos, 1, 2))
   np.testing.assert_array_equal(got[:, 0], pos[:, 0])
   want = jax.image.resize(pos[0, 1:].reshape(4, 4, 32), (2, 2, 32), 'bilinear')
   np.testing.assert_allclose(got[0, 1:].reshape(2, 2, 32), want, rtol=1e-6)
@@ -116,7 +118,7 @@ def test_lit_run_from_a_converted_dir(source, data_dir, tmp_path):
   assert all(jax.tree.leaves(placed))
   assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(run.state_shardings.params))
   assert run.config.tokenizer.path == os.path.join(converted, 'tokenizer.json')  # It comes with the text tower.
-  step = trainer.compile_train_step(run)
+  step = run_lib.compile_train_step(run)
   for seed in range(3):
     state, metrics = step(state, batch_for(run, seed))
   assert int(state.step) == 3 and np.isfinite(float(metrics['loss']))
@@ -152,11 +154,11 @@ def test_checkpoint_not_matching_its_config_is_reported_as_such(source, data_dir
 def test_bad_settings_stop_before_anything_runs(source, data_dir, tmp_path):
   _, converted, _, _ = source
   with pytest.raises(FileNotFoundError, match='missing/config.json does not exist'):
-    trainer.setup(tiny_config(data_dir, init_from=str(tmp_path / 'missing')), str(tmp_path))
+    run_lib.build(tiny_config(data_dir, init_from=str(tmp_path / 'missing')), str(tmp_path))
   with pytest.raises(config_lib.ConfigError, match="init_from_towers='img,text'"):
-    trainer.setup(tiny_config(data_dir, init_from=converted, init_from_towers='img,text'), str(tmp_path))
+    run_lib.build(tiny_config(data_dir, init_from=converted, init_from_towers='img,text'), str(tmp_path))
   with pytest.raises(config_lib.ConfigError, match=re.escape("optim.frozen='^image/' matches no parameter")):
-    trainer.setup(tiny_config(data_dir, **{'optim.frozen': '^image/'}), str(tmp_path))
+    run_lib.build(tiny_config(data_dir, **{'optim.frozen': '^image/'}), str(tmp_path))
 
 
 def test_pretrained_config_types_and_base_settings(source, data_dir):

@@ -60,7 +60,8 @@ class Run:
     return config_lib.data_dir(self.config)
 
 
-def build(config, workdir: str, *, devices=None, train: bool = True, check_data: bool = True) -> Run:
+def build(config, workdir: str | None, *, devices=None, train: bool = True, check_data: bool = True,
+          with_tokenizer: bool = True) -> Run:
   """Validates the config and builds the run (module docstring).
 
   Args:
@@ -68,7 +69,9 @@ def build(config, workdir: str, *, devices=None, train: bool = True, check_data:
     workdir: run directory; with `train`, `workdir/config.json` is written (after the contract check).
     devices: devices of the mesh (default all).
     train: a training run (checks the workdir contract, saves the config, may train a tokenizer).
-    check_data: open the data sets while validating (False for runs that read no data, e.g. benchmarks).
+    check_data: open and prepare the data sets (False for runs that read no data, e.g. benchmarks).
+    with_tokenizer: False for runs that tokenize nothing (benchmarks): the vocabulary size is
+      config.model.text.vocab_size and `Run.tokenizer` is None.
   """
   config = _with_init_from_tokenizer(config_lib.resolve(config))
   devices = devices or jax.devices()
@@ -76,8 +79,9 @@ def build(config, workdir: str, *, devices=None, train: bool = True, check_data:
   mesh = sharding.make_mesh(config.mesh, devices)
   if check_data:
     prepare_data(config, train)
-  tokenizer = setup_tokenizer(config, workdir, may_train=train)
-  config = _with_tokenizer_fields(config, tokenizer)
+  tokenizer = setup_tokenizer(config, workdir, may_train=train) if with_tokenizer else None
+  if tokenizer is not None:
+    config = _with_tokenizer_fields(config, tokenizer)
   if train:
     check_workdir_contract(config, workdir)
   run = assemble(config, workdir, mesh, tokenizer)
@@ -232,8 +236,8 @@ def setup_tokenizer(config, workdir: str, may_train: bool = True) -> Tokenizer:
     raise ConfigError(f'{path} does not exist and config.tokenizer.path is empty: evaluate a run directory that '
                       'holds its tokenizer (eval.py --workdir RUN), or set --config.tokenizer.path.')
   if not os.path.exists(path) and jax.process_index() == 0:
-    source, _ = sources.load_source(generated.resolve(config.data.name, config.data), config.data.train_split,
-                                    config_lib.data_dir(config))
+    source, _ = generated.load_source(config.data.name, config.data.train_split, config.data,
+                                      config_lib.data_dir(config))
     n = min(len(source), config.tokenizer.train_captions)
     captions = (c for i in range(n) for c in _captions_or_empty(source, i))
     tok = train_bpe(captions, config.tokenizer.vocab_size, config.tokenizer.lowercase)
