@@ -58,4 +58,4 @@ def main(argv):
 
 if __name__ == '__main__':
   host_malloc.reexec_if_needed()
-  app.run(main)
+  app.run(main, flags_parser=entry.parse_flags)

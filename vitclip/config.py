@@ -37,6 +37,31 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'batch=32768,loss=sigmoid' -> ConfigDict of the knobs in `defaults`, each value converted to the type of its
+  default (big_vision's `config.py:arg` convention: an ablation grid is a list of arg strings).
+
+  A knob not in `defaults` or a value of the wrong type is a ConfigError naming it.
+  """
+  knobs = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (s.strip() for s in (arg or '').split(','))):
+    key, sep, value = item.partition('=')
+    if not sep or key not in defaults:
+      raise ConfigError(f'config argument {item!r}: use KEY=VALUE with KEY one of {sorted(defaults)}.')
+    default = defaults[key]
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ('true', 'false', '1', '0'):
+          raise ValueError(value)
+        knobs[key] = value.lower() in ('true', '1')
+      else:
+        knobs[key] = type(default)(value)
+    except ValueError:
+      raise ConfigError(f'config argument {item!r}: {key} takes a {type(default).__name__} '
+                        f'(default {default!r}).') from None
+  return knobs
+
+
 def _check_writable(workdir: str):
   try:
     os.makedirs(workdir, exist_ok=True)

@@ -1,6 +1,7 @@
 """What train.py and eval.py share around the library call: quiet logging, one-line errors, exit codes."""
 
 import contextlib
+import re
 import sys
 
 from vitclip.errors import ConfigError, RunStopped
@@ -26,9 +27,33 @@ def reported_errors(workdir: str, program: str):
     _exit('Interrupted.', 130)
 
 
-def _exit(message: str, code: int):
-  from absl import logging
-  logging.error('%s', message)
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag, config file argument or `--config.x` override reported as one
+  `Error:` line and exit status 2 (absl and ml_collections would print a traceback)."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  # flags.Error, KeyError/TypeError from overrides, ...
+    _exit(f'Error: {_flag_error(e)}', 2, log=False)
+
+
+def _flag_error(error: BaseException) -> str:
+  if isinstance(error, KeyError):  # ml_collections: '\'lossx\'\nDid you mean "loss" instead of "lossx"?'
+    key, _, hint = str(error.args[0]).partition('\n')
+    return f'no config field {key} ({hint.strip() or "see configs/base.py for every field"}).'
+  text = str(error)
+  # config_flags folds the config file's traceback into its message: its last "...Error: text" line is the cause.
+  causes = re.findall(r'^(?:[\w.]+\.)?\w*(?:Error|Exception): (.+)$', text, re.M) if 'Traceback' in text else []
+  if causes:
+    return causes[-1].strip()
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def _exit(message: str, code: int, log: bool = True):
+  if log:  # Into the run's log file (setup_logging routes it there); the terminal gets the print below.
+    from absl import logging
+    logging.error('%s', message)
   print(message, file=sys.stderr, flush=True)
   sys.exit(code)
 
