@@ -15,7 +15,7 @@ output / temp bytes, depend on the sharded program, not on the backend's speed.
   python benchmarks/memory.py --model B/16 --batch 32768 --devices 1 --kind sigmoid --impl dense \
       --dtype bfloat16 --remat full --grad_cache_microbatch 512
 
-The device count is fixed when jax initializes, so XLA_FLAGS is set from --devices before jax is imported,
+The device count is fixed when jax initializes, so XLA_FLAGS is set from --devices before jax starts a backend,
 and the sweep runs every configuration in its own subprocess.
 """
 
@@ -26,9 +26,13 @@ import subprocess
 import sys
 import time
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # Run as a script, only benchmarks/ is on the path.
+  sys.path.insert(0, REPO_ROOT)
+# Importing jax starts no backend, so set_device_count still takes effect after this import.
+from vitclip import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SWEEP_BATCHES = (1024, 4096, 16384, 32768)
-SWEEP_KINDS = ('softmax', 'sigmoid')
-SWEEP_IMPLS = ('dense', 'gather', 'ring')
 SWEEP_DEVICES = (8, 32, 64)
 # Acceptance: ring temp at 64 devices may exceed that at 8 devices (same per-device batch) by at most this.
 RING_FLAT_TOLERANCE = 1.1
@@ -48,8 +52,8 @@ def parse_args(argv=None):
   p.add_argument('--batch', type=int, default=32768, help='global batch B')
   p.add_argument('--dim', type=int, default=768, help='embedding width D')
   p.add_argument('--devices', type=int, default=8, help='simulated CPU devices (1-D mesh "data")')
-  p.add_argument('--kind', default='sigmoid', choices=SWEEP_KINDS)
-  p.add_argument('--impl', default='ring', choices=SWEEP_IMPLS)
+  p.add_argument('--kind', default='sigmoid', choices=list(losses.KINDS))
+  p.add_argument('--impl', default='ring', choices=losses.IMPLS)
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                  help='embedding dtype (--loss_only) or matmul dtype (--model)')
   p.add_argument('--text_variant', default='B', help='--model: text tower variant')
@@ -70,7 +74,7 @@ def parse_args(argv=None):
 
 
 def set_device_count(n):
-  """Must run before jax is imported: XLA reads the flag once, when the CPU backend starts."""
+  """Must run before jax starts a backend: XLA reads the flag once, when the CPU backend starts."""
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
   os.environ['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={n}'])
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -108,11 +112,9 @@ def measure_loss(batch, dim, devices, kind, impl, dtype='float32'):
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-  from vitclip import losses
-
   if jax.device_count() < devices:
     raise ValueError(f'{jax.device_count()} devices available, --devices={devices}; run this script in a '
-                     'fresh process (it sets XLA_FLAGS before importing jax).')
+                     'fresh process (it sets XLA_FLAGS before jax starts a backend).')
   mesh = Mesh(np.array(jax.devices()[:devices]), ('data',))
   rows, scalar = NamedSharding(mesh, P('data', None)), NamedSharding(mesh, P())
 
@@ -187,7 +189,7 @@ def run_in_subprocess(batch, dim, devices, kind, impl, dtype, timeout):
   """Runs `--loss_only` for one configuration in a fresh process; returns its result dict (or an error)."""
   cmd = [sys.executable, os.path.abspath(__file__), '--loss_only', f'--batch={batch}', f'--dim={dim}',
          f'--devices={devices}', f'--kind={kind}', f'--impl={impl}', f'--dtype={dtype}', '--json=-']
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_repo_root(), os.environ.get('PYTHONPATH')])))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')])))
   config = dict(program='loss', batch=batch, dim=dim, devices=devices, per_device_batch=batch // devices,
                 kind=kind, impl=impl, dtype=dtype)
   try:
@@ -199,12 +201,9 @@ def run_in_subprocess(batch, dim, devices, kind, impl, dtype, timeout):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _repo_root():
-  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def run_sweep(args):
-  configs = [(b, k, i, n) for n in SWEEP_DEVICES for b in SWEEP_BATCHES for k in SWEEP_KINDS for i in SWEEP_IMPLS]
+  configs = [(b, k, i, n) for n in SWEEP_DEVICES for b in SWEEP_BATCHES for k in losses.KINDS
+             for i in losses.IMPLS]
   results = []
   for batch, kind, impl, devices in configs:
     r = run_in_subprocess(batch, args.dim, devices, kind, impl, args.dtype, args.timeout)
@@ -228,10 +227,10 @@ def plot_sweep(results, path):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  fig, panels = plt.subplots(1, len(SWEEP_KINDS), figsize=(12, 4.5), sharey=True)
+  fig, panels = plt.subplots(1, len(losses.KINDS), figsize=(12, 4.5), sharey=True)
   styles = {'dense': 'o-', 'gather': 's--', 'ring': '^-'}
-  for ax, kind in zip(panels, SWEEP_KINDS):
-    for impl in SWEEP_IMPLS:
+  for ax, kind in zip(panels, losses.KINDS):
+    for impl in losses.IMPLS:
       for devices in SWEEP_DEVICES:
         pts = sorted((r['batch'], r['temp'] / MIB) for r in results
                      if r['kind'] == kind and r['impl'] == impl and r['devices'] == devices and 'temp' in r)
@@ -253,7 +252,7 @@ def plot_sweep(results, path):
 def check_lines(results):
   """Acceptance at per-device batch 512: ring temp(64)/temp(8) ≤ 1.1 and gather temp(64) > temp(8)."""
   lines, ok = ['check (per-device batch 512: B=4096 on 8, B=32768 on 64 devices):'], True
-  for kind in SWEEP_KINDS:
+  for kind in losses.KINDS:
     for impl in ('ring', 'gather'):
       temps = {n: r['temp'] for r in results for n, b in CHECK_POINTS
                if (r['devices'], r['batch'], r['kind'], r['impl']) == (n, b, kind, impl) and 'temp' in r}
@@ -272,7 +271,7 @@ def check_lines(results):
 
 def run_check(args):
   results = []
-  for kind in SWEEP_KINDS:
+  for kind in losses.KINDS:
     for impl in ('ring', 'gather'):
       for devices, batch in CHECK_POINTS:
         r = run_in_subprocess(batch, args.dim, devices, kind, impl, args.dtype, args.timeout)
@@ -322,8 +321,6 @@ def main(argv=None):
   if args.check:
     return run_check(args)
   set_device_count(args.devices)
-  if _repo_root() not in sys.path:
-    sys.path.insert(0, _repo_root())
   if args.model:
     result = measure_step(args)
     print(format_row(result))

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vitclip import losses
 from vitclip.losses import contrastive_loss
 
 ARGNUMS = (0, 1, 2, 3)  # zimg, ztxt, t, b
+KINDS = list(losses.KINDS)
+SHARDED_IMPLS = [impl for impl in losses.IMPLS if impl != 'dense']
 
 
 def make_mesh(shape, names):
@@ -43,11 +46,13 @@ def reference(zimg, ztxt, t, b, kind, weight=0.5):
     row, col = log_softmax(logits, 1), log_softmax(logits, 0)
     loss = -(weight * np.trace(row) + (1 - weight) * np.trace(col)) / batch
     glog = (weight * (np.exp(row) - eye) + (1 - weight) * (np.exp(col) - eye)) / batch
-  else:
+  elif kind == 'sigmoid':
     labels = 2 * eye - 1
     x = labels * (logits + b)
     loss = np.sum(np.logaddexp(0, -x)) / batch  # −log σ(x) = log(1 + e^{−x})
     glog = -labels / (1 + np.exp(x)) / batch  # d/dlogits of softplus(−x) = −z·σ(−x)
+  else:
+    raise NotImplementedError(f'no numpy reference for kind={kind!r}; a kind in losses.KINDS needs one here.')
   db = 0.0 if kind == 'softmax' else glog.sum()
   return loss, (t * glog @ ztxt, t * glog.T @ zimg, np.sum(glog * sims), db)
 
@@ -68,7 +73,7 @@ def numerical_grad(fn, args, eps=1e-6):
   return grads
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('kind', KINDS)
 def test_reference_gradient_matches_finite_differences(kind):
   rng = np.random.default_rng(0)
   args = (normalized(rng, 4, 3), normalized(rng, 4, 3), np.array(3.0), np.array(-2.0))
@@ -78,7 +83,7 @@ def test_reference_gradient_matches_finite_differences(kind):
     np.testing.assert_allclose(a, n, atol=1e-7)
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('weight', [0.5, 0.3])
 def test_dense_matches_numpy_reference(kind, weight):
   rng = np.random.default_rng(1)
@@ -97,7 +102,7 @@ def test_dense_matches_numpy_reference(kind, weight):
 # ------------------------------------------------------------------------------------------------ toy cases
 
 
-ALL_IMPLS = ['dense', 'gather', 'ring']
+ALL_IMPLS = list(losses.IMPLS)
 
 
 @functools.lru_cache
@@ -166,25 +171,25 @@ def assert_same(got, want, tol):
 
 
 @pytest.mark.parametrize('mesh_name', list(MESHES))
-@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('kind', KINDS)
 def test_gather_and_ring_match_dense(mesh_name, kind):
   shape, names = MESHES[mesh_name]
   mesh = make_mesh(shape, names)
   args = sharded_inputs(mesh, names)
   dense = value_and_grads(args, kind, 'dense', mesh, softmax_weight=0.3)
-  for impl in ('gather', 'ring'):
+  for impl in SHARDED_IMPLS:
     got = value_and_grads(args, kind, impl, mesh, softmax_weight=0.3)
     assert_same(got, dense, 1e-5)
     assert got[1][0].sharding.is_equivalent_to(args[0].sharding, 2), impl
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('kind', KINDS)
 def test_model_axis_is_not_a_batch_axis(kind):
   # Default batch axes skip 'model': the batch is sharded over 'data' and replicated over 'model'.
   mesh = make_mesh((4, 2), ('data', 'model'))
   args = sharded_inputs(mesh, 'data')
   dense = value_and_grads(args, kind, 'dense', mesh)
-  for impl in ('gather', 'ring'):
+  for impl in SHARDED_IMPLS:
     assert_same(value_and_grads(args, kind, impl, mesh), dense, 1e-5)
   # Explicit batch_axes: sharded over 'data' only on a ('data', 'fsdp') mesh.
   mesh = make_mesh((2, 4), ('data', 'fsdp'))
@@ -192,7 +197,7 @@ def test_model_axis_is_not_a_batch_axis(kind):
   assert_same(value_and_grads(args, kind, 'ring', mesh, batch_axes='data'), dense, 1e-5)
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+@pytest.mark.parametrize('kind', KINDS)
 def test_bfloat16_inputs(kind):
   mesh = make_mesh((8,), ('data',))
   args = sharded_inputs(mesh, 'data', dtype=jnp.bfloat16)
@@ -222,9 +227,69 @@ def test_ring_memory_is_independent_of_device_count():
     one = jax.ShapeDtypeStruct((), jnp.float32)
     return fn.lower(emb, emb, one, one).compile().memory_analysis().temp_size_in_bytes
 
-  for kind in ('softmax', 'sigmoid'):
+  for kind in KINDS:
     assert temp_bytes('ring', kind, 8) <= 1.1 * temp_bytes('ring', kind, 2), kind
     assert temp_bytes('gather', kind, 8) > 2 * temp_bytes('gather', kind, 2), kind
+
+
+# ------------------------------------------------------------------------------------------------ new kinds
+#
+# Kinds that exist only here, each one LossKind record: registering it in losses.KINDS is all it takes for
+# every implementation to compute it.
+
+
+def _numpy_squared(zimg, ztxt, t, b, weight):
+  """Every logit regressed onto its label: Σ_ij (L_ij + b − [i = j])² / B. No statistics; weight unused."""
+  del weight
+  return np.sum(np.square(t * zimg @ ztxt.T + b - np.eye(len(zimg)))) / len(zimg)
+
+
+def _gap_stat_loss(row_max, col_max, weight):
+  return weight * jnp.sum(row_max) + (1.0 - weight) * jnp.sum(col_max)
+
+
+def _numpy_gap(zimg, ztxt, t, b, weight):
+  """Hardest-logit gap, the zero-temperature softmax: w·(max_j L_ij − L_ii) + (1−w)·(max_i L_ij − L_jj)."""
+  del b
+  logits = t * zimg @ ztxt.T
+  total = weight * logits.max(axis=1).sum() + (1 - weight) * logits.max(axis=0).sum() - np.trace(logits)
+  return total / len(zimg)
+
+
+TOY_INIT = {'t_init': 1.0, 'b_init': 0.0, 't_max': 0.0}
+TOY_KINDS = {
+    'squared': (losses.LossKind(positive=lambda logits, bias: jnp.square(logits + bias - 1.0),
+                                negative=lambda logits, bias: jnp.square(logits + bias), init=TOY_INIT),
+                _numpy_squared),
+    'max_gap': (losses.LossKind(positive=lambda logits, bias: -logits, stat=jnp.max,
+                                stat_grad=lambda logits, m: (logits == m).astype(logits.dtype),
+                                stat_loss=_gap_stat_loss, init=TOY_INIT),
+                _numpy_gap),
+}
+
+
+@pytest.mark.parametrize('name', list(TOY_KINDS))
+def test_a_kind_is_one_record(name, monkeypatch):
+  """A kind added as one record: numpy value and gradient, and dense = gather = ring, with no other code."""
+  record, numpy_loss = TOY_KINDS[name]
+  monkeypatch.setitem(losses.KINDS, name, record)
+  mesh = make_mesh((8,), ('data',))
+  args = sharded_inputs(mesh, 'data')
+  dense = value_and_grads(args, name, 'dense', mesh, softmax_weight=0.3)
+  args64 = [np.float64(a) for a in args]
+  np.testing.assert_allclose(dense[0], numpy_loss(*args64, 0.3), rtol=1e-5)
+  numeric = numerical_grad(lambda *a: numpy_loss(*a, 0.3), args64)
+  for arg, g, n in zip(('zimg', 'ztxt', 't', 'b'), dense[1], numeric):
+    np.testing.assert_allclose(g, n, rtol=1e-4, atol=1e-4, err_msg=f'd/d{arg}')
+  for impl in SHARDED_IMPLS:
+    assert_same(value_and_grads(args, name, impl, mesh, softmax_weight=0.3), dense, 1e-5)
+
+
+def test_every_kind_declares_model_defaults():
+  for name, record in losses.KINDS.items():
+    assert set(record.init) == {'t_init', 'b_init', 't_max'}, name
+  with pytest.raises(ValueError, match='stat, stat_grad and stat_loss'):
+    losses.LossKind(positive=lambda logits, bias: -logits, stat=jnp.max, init=TOY_INIT)
 
 
 # ------------------------------------------------------------------------------------------------ errors
