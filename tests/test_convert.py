@@ -1,20 +1,25 @@
 """Weight converters: tiny random transformers CLIPModel / SiglipModel (and the same weights in OpenAI and
-big_vision layouts) converted to vitclip must give the reference image / text embeddings and logits (fp32,
-atol 1e-4); the tokenizers must give the transformers tokenizers' ids.
+big_vision layouts) and a tiny open_clip-layout torch CLIP converted to vitclip must give the reference image /
+text embeddings and logits (fp32, atol 1e-4); the tokenizers must give the ids of the source's tokenizer. The
+converted config.json laid over configs/base.py must be configs/base.py with exactly the source's fields, and
+every bad input must stop the CLI with one 'Error:' line and status 2.
 
 Needs the optional converter dependencies (requirements-convert.txt); skipped without them. Nothing downloads:
-the CLIP BPE merges and the SentencePiece model are trained here on a few sentences.
+the CLIP BPE merges and the SentencePiece model are trained here on a few sentences, and OpenAI's merges file
+is written in its published layout (tests/test_tokenizer_files.py).
 """
 
-import gzip
+import builtins
+import collections
 import io
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -22,10 +27,12 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 safetensors_torch = pytest.importorskip('safetensors.torch')
 
-from vitclip import checkpoint, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+from configs import base  # pylint: disable=g-import-not-at-top
+from vitclip import checkpoint, config as config_lib, tokenizer as tokenizer_lib
 from vitclip.convert import ConvertError, convert
 from vitclip.convert.__main__ import main as convert_main
 from vitclip.models import build_model
+from tests import test_tokenizer_files as tokenizer_files
 
 ATOL = 1e-4
 IMAGE, PATCH, WIDTH, MLP, HEADS, DEPTH, MAX_LEN = 32, 8, 32, 64, 2, 2, 12  # vitclip 'micro/8' towers.
@@ -68,10 +75,10 @@ def _reference(model, input_ids):
 
 
 def _load(out):
-  """(config, tokenizer, params) of a converted directory, read back as eval / init_from read it."""
-  with open(os.path.join(out, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  tok = tokenizer_lib.Tokenizer.from_file(os.path.join(out, config.tokenizer.path), config.model.text.max_len)
+  """(config, tokenizer, params) of a converted directory, read back as eval / init_from read it: its
+  config.json laid over configs/base.py."""
+  config = config_lib.load_model_dir(out, base.get_config())
+  tok = tokenizer_lib.Tokenizer.from_file(config.tokenizer.path, config.model.text.max_len)
   model = build_model(config.model)
   size, length = config.model.image.image_size, config.model.text.max_len
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -100,6 +107,46 @@ def _assert_close(got, ref):
   assert max(diffs.values()) <= ATOL, diffs
 
 
+def _assert_config(out, changes: dict):
+  """DIR/config.json laid over configs/base.py is configs/base.py with exactly `changes` ('a.b' -> value) and
+  the tokenizer path made absolute: what configs/pretrained.py:DIR gives."""
+  expected = base.get_config()
+  for key, value in changes.items():
+    *parents, leaf = key.split('.')
+    node = expected
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  expected.tokenizer.path = os.path.join(os.path.abspath(out), expected.tokenizer.path)
+  assert config_lib.load_model_dir(out, base.get_config()).to_dict() == expected.to_dict()
+
+
+def _both_towers(**fields) -> dict:
+  return {f'model.{tower}.{k}': v for tower in ('image', 'text') for k, v in fields.items()}
+
+
+def _clip_changes(vocab_size, log_t, act, ln_eps, eos_id, pad_id):
+  """configs/base.py fields a tiny CLIP conversion sets (both towers 'micro', projection 24)."""
+  return {'model.embed_dim': 24, 'model.t_init': math.exp(float(log_t)), 'model.image.variant': 'micro/8',
+          'model.image.image_size': IMAGE, 'model.image.ln_pre': True, 'model.image.patch_bias': False,
+          **_both_towers(act=act, ln_eps=ln_eps), 'model.text.variant': 'micro', 'model.text.vocab_size': vocab_size,
+          'model.text.max_len': MAX_LEN, 'model.text.eos_id': eos_id, 'model.text.pad_id': pad_id,
+          'tokenizer.path': 'tokenizer.json', 'data.mean': (0.48145466, 0.4578275, 0.40821073),
+          'data.std': (0.26862954, 0.26130258, 0.27577711)}
+
+
+def _siglip_changes(log_t, b):
+  """configs/base.py fields a tiny SigLIP conversion sets (MAP head output = the embedding, width 32)."""
+  return {'model.embed_dim': WIDTH, 'model.t_init': math.exp(float(log_t)), 'model.b_init': float(b),
+          'model.image.variant': 'micro/8', 'model.image.image_size': IMAGE, 'model.image.cls_token': False,
+          'model.image.pool': 'map', 'model.image.head': 'none', 'model.image.head_bias': False,
+          **_both_towers(act='gelu_tanh', ln_eps=1e-6), 'model.text.variant': 'micro', 'model.text.vocab_size': 60,
+          'model.text.max_len': MAX_LEN,
+          'model.text.causal': False, 'model.text.mask_pad': False, 'model.text.pool': 'final',
+          'model.text.eos_id': 1, 'model.text.pad_id': 1, 'model.text.head_bias': True, 'loss.kind': 'sigmoid',
+          'tokenizer.kind': 'sentencepiece', 'tokenizer.path': 'tokenizer.model'}
+
+
 # ------------------------------------------------------------------------------------------------- CLIP
 
 
@@ -118,7 +165,8 @@ def _clip_merges():
 @pytest.fixture(scope='module')
 def clip(tmp_path_factory):
   """A random tiny HF CLIPModel + CLIPTokenizer folder, its reference outputs, and the same weights as an
-  OpenAI-layout state dict (safetensors and .pt) plus OpenAI's merges-only tokenizer file."""
+  OpenAI-layout state dict (safetensors and .pt) plus OpenAI's merges-only tokenizer file (as OpenAI ships
+  it, gzipped with its header line)."""
   root = tmp_path_factory.mktemp('clip')
   merges = _clip_merges()
   vocab = tokenizer_lib.clip_vocab_from_merges(merges)  # OpenAI's rule: EOT is the largest id.
@@ -137,9 +185,8 @@ def clip(tmp_path_factory):
   safetensors_torch.save_file({k: torch.from_numpy(v) for k, v in state.items()}, str(root / 'openai.safetensors'))
   torch.save({'state_dict': {f'module.{k}': torch.from_numpy(v) for k, v in state.items()}, 'epoch': 3},
              str(root / 'openai.pt'))
-  with gzip.open(root / 'bpe.txt.gz', 'wt', encoding='utf-8') as f:
-    f.write('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges))
-  return dict(root=root, folder=folder, ids=ids, ref=_reference(model, ids), state=state)
+  tokenizer_files.write_openai_bpe(str(root / 'bpe.txt.gz'), merges)  # OpenAI's layout, header line included.
+  return dict(root=root, folder=folder, ids=ids, ref=_reference(model, ids), state=state, vocab=vocab, eos=eos)
 
 
 def _openai_padding(ids):
@@ -186,6 +233,8 @@ def test_hf_clip_matches_transformers(clip, tmp_path):
   got = _vitclip(str(tmp_path / 'out'), TRICKY)
   np.testing.assert_array_equal(got['ids'], clip['ids'])  # HF pads with its pad token (here EOS).
   _assert_close(got, clip['ref'])
+  _assert_config(str(tmp_path / 'out'), _clip_changes(
+      len(clip['vocab']), clip['state']['logit_scale'], 'quick_gelu', 1e-5, eos_id=clip['eos'], pad_id=clip['eos']))
 
 
 @pytest.mark.parametrize('name', ['openai.safetensors', 'openai.pt'])
@@ -195,6 +244,9 @@ def test_openai_state_dict_matches_transformers(clip, tmp_path, name):
   got = _vitclip(out, TRICKY)
   np.testing.assert_array_equal(got['ids'], _openai_padding(clip['ids']))
   _assert_close(got, clip['ref'])
+  # OpenAI pools at the largest id (eos_id=-1) and pads with 0.
+  _assert_config(out, _clip_changes(len(clip['vocab']), clip['state']['logit_scale'], 'quick_gelu', 1e-5,
+                                    eos_id=-1, pad_id=0))
 
 
 def test_clip_tokenizer_sources_agree(clip, tmp_path):
@@ -245,7 +297,8 @@ def siglip(tmp_path_factory):
   npz = str(root / 'siglip.npz')
   np.savez(npz, **{f'params/{k}': v for k, v in
                    _big_vision_params({k: v.numpy() for k, v in model.state_dict().items()}).items()})
-  return dict(root=root, folder=folder, sp=sp_path, ids=ids, ref=_reference(model, ids), npz=npz)
+  return dict(root=root, folder=folder, sp=sp_path, ids=ids, ref=_reference(model, ids), npz=npz,
+              changes=_siglip_changes(model.logit_scale.item(), model.logit_bias.item()))
 
 
 def _big_vision_params(hf):
@@ -293,12 +346,101 @@ def test_hf_siglip_matches_transformers(siglip, tmp_path):
   got = _vitclip(str(tmp_path / 'out'), TRICKY)
   np.testing.assert_array_equal(got['ids'], siglip['ids'])
   _assert_close(got, siglip['ref'])
+  _assert_config(str(tmp_path / 'out'), siglip['changes'])
 
 
 def test_big_vision_npz_matches_transformers(siglip, tmp_path):
   out = str(tmp_path / 'out')
   convert(siglip['npz'], out, variant='micro/8', tokenizer=siglip['sp'])
   _assert_close(_vitclip(out, TRICKY), siglip['ref'])
+  _assert_config(out, siglip['changes'])
+
+
+# --------------------------------------------------------------------------------- open_clip torch model
+
+
+class _ResidualAttentionBlock(torch.nn.Module):
+  """clip/model.py's ResidualAttentionBlock (open_clip's is the same): pre-LN attention, then pre-LN MLP."""
+
+  def __init__(self, attn_mask=None):
+    super().__init__()
+    self.attn = torch.nn.MultiheadAttention(WIDTH, HEADS)
+    self.ln_1 = torch.nn.LayerNorm(WIDTH)
+    self.mlp = torch.nn.Sequential(collections.OrderedDict([  # open_clip's default activation: exact GELU.
+        ('c_fc', torch.nn.Linear(WIDTH, MLP)), ('gelu', torch.nn.GELU()), ('c_proj', torch.nn.Linear(MLP, WIDTH))]))
+    self.ln_2 = torch.nn.LayerNorm(WIDTH)
+    self.attn_mask = attn_mask  # A plain attribute, as in clip/model.py: not part of the state dict.
+
+  def forward(self, x):
+    """x: [L, N, W] (sequence first, nn.MultiheadAttention's default layout)."""
+    y = self.ln_1(x)
+    x = x + self.attn(y, y, y, need_weights=False, attn_mask=self.attn_mask)[0]
+    return x + self.mlp(self.ln_2(x))
+
+
+def _transformer(attn_mask=None) -> torch.nn.Module:
+  t = torch.nn.Module()
+  t.resblocks = torch.nn.Sequential(*[_ResidualAttentionBlock(attn_mask) for _ in range(DEPTH)])
+  return t
+
+
+class _OpenCLIP(torch.nn.Module):
+  """clip/model.py's CLIP with a ViT image tower, in open_clip's key names; 'micro' towers, embedding 24."""
+
+  def __init__(self, vocab_size: int):
+    super().__init__()
+    scale, grid = WIDTH ** -0.5, IMAGE // PATCH
+    self.visual = v = torch.nn.Module()
+    v.conv1 = torch.nn.Conv2d(3, WIDTH, PATCH, stride=PATCH, bias=False)
+    v.class_embedding = torch.nn.Parameter(scale * torch.randn(WIDTH))
+    v.positional_embedding = torch.nn.Parameter(scale * torch.randn(grid * grid + 1, WIDTH))
+    v.ln_pre, v.transformer, v.ln_post = torch.nn.LayerNorm(WIDTH), _transformer(), torch.nn.LayerNorm(WIDTH)
+    v.proj = torch.nn.Parameter(scale * torch.randn(WIDTH, 24))
+    self.token_embedding = torch.nn.Embedding(vocab_size, WIDTH)
+    self.positional_embedding = torch.nn.Parameter(0.01 * torch.randn(MAX_LEN, WIDTH))
+    self.transformer = _transformer(torch.full((MAX_LEN, MAX_LEN), float('-inf')).triu(1))  # Causal.
+    self.ln_final = torch.nn.LayerNorm(WIDTH)
+    self.text_projection = torch.nn.Parameter(scale * torch.randn(WIDTH, 24))
+    self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+  def encode_image(self, x):
+    """x: [N, 3, H, W] -> [N, 24]: CLS token after ln_post, projected."""
+    v = self.visual
+    x = v.conv1(x).flatten(2).transpose(1, 2)  # [N, grid², W]
+    x = torch.cat([v.class_embedding.expand(len(x), 1, -1), x], dim=1) + v.positional_embedding
+    x = v.transformer.resblocks(v.ln_pre(x).transpose(0, 1)).transpose(0, 1)
+    return v.ln_post(x[:, 0]) @ v.proj
+
+  def encode_text(self, ids):
+    """ids: [N, L] -> [N, 24]: the position of the largest id (EOT) after ln_final, projected."""
+    x = self.token_embedding(ids) + self.positional_embedding
+    x = self.ln_final(self.transformer.resblocks(x.transpose(0, 1)).transpose(0, 1))
+    return x[torch.arange(len(ids)), ids.argmax(dim=-1)] @ self.text_projection
+
+
+def test_open_clip_state_dict_with_openai_bpe_matches_torch(tmp_path, capfd):
+  """`python -m vitclip.convert` of an open_clip state dict with OpenAI's gzipped merges file: OpenAI's ids
+  and the torch model's embeddings and logits."""
+  bpe = str(tmp_path / 'bpe_simple_vocab_16e6.txt.gz')
+  # As OpenAI's file, it holds more merges than the model's vocabulary uses.
+  tokenizer_files.write_openai_bpe(bpe, tokenizer_files.MERGES + tokenizer_files.EXTRA_MERGES)
+  torch.manual_seed(2)
+  model = _randomize(_OpenCLIP(tokenizer_files.VOCAB_SIZE), seed=2)
+  src = str(tmp_path / 'open_clip_pytorch_model.bin')
+  torch.save(model.state_dict(), src)
+  out = str(tmp_path / 'out')
+  assert convert_main([src, '--out', out, '--format', 'open_clip', '--tokenizer', bpe]) == 0, capfd.readouterr().err
+  texts = tokenizer_files.TEXTS
+  ids = tokenizer_files.OpenAITokenizer(bpe, len(tokenizer_files.MERGES)).tokenize(texts, MAX_LEN)
+  with torch.no_grad():
+    zimg = torch.nn.functional.normalize(model.encode_image(torch.from_numpy(_images().transpose(0, 3, 1, 2))))
+    ztxt = torch.nn.functional.normalize(model.encode_text(torch.from_numpy(ids)))
+    ref = dict(zimg=zimg.numpy(), ztxt=ztxt.numpy(), logits=(model.logit_scale.exp() * zimg @ ztxt.T).numpy())
+  got = _vitclip(out, texts)
+  np.testing.assert_array_equal(got['ids'], ids)
+  _assert_close(got, ref)
+  _assert_config(out, _clip_changes(tokenizer_files.VOCAB_SIZE, model.logit_scale.item(), 'gelu', 1e-5,
+                                    eos_id=-1, pad_id=0))
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -315,7 +457,7 @@ def test_missing_key_names_the_key_and_shape(clip, tmp_path):
   assert not os.path.exists(tmp_path / 'out')  # Nothing written.
 
 
-def test_wrong_shape_and_wrong_variant_name_the_key(clip, siglip, tmp_path, capsys):
+def test_wrong_shape_and_wrong_variant_name_the_key(clip, siglip, tmp_path, capfd):
   state = dict(clip['state'])
   state['text_projection'] = np.ascontiguousarray(state['text_projection'][:, :20])
   path = str(tmp_path / 'broken.safetensors')
@@ -327,17 +469,87 @@ def test_wrong_shape_and_wrong_variant_name_the_key(clip, siglip, tmp_path, caps
   with pytest.raises(ConvertError, match=r"unexpected key 'visual\.extra\.weight' \(shape \(3,\)\)"):
     convert(path, str(tmp_path / 'a'), format='openai', tokenizer=str(clip['root'] / 'bpe.txt.gz'))
   # A wrong variant: the first array of the wrong size is named, with the shape the variant needs.
-  code = convert_main([siglip['npz'], '--out', str(tmp_path / 'b'), '--variant', 'B/16', '--tokenizer',
-                       siglip['sp']])
-  err = capsys.readouterr().err
-  assert code == 2 and err.count('\n') == 1 and err.startswith('Error: ')
+  err = _cli_error(capfd, siglip['npz'], '--out', str(tmp_path / 'b'), '--variant', 'B/16', '--tokenizer',
+                   siglip['sp'])
   assert "key 'img/embedding/kernel' has shape (8, 8, 3, 32), expected (16, 16, 3, 768)" in err
 
 
+class _Opens:
+  """Unpickling this creates the file `path`: it stands for any code a pickle can run."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return builtins.open, (self.path, 'w')
+
+
+def _cli_error(capfd, *args) -> str:
+  """Runs the converter's CLI on a bad input; it must exit with 2 and write one 'Error: ' line to stderr (file
+  descriptor level, so library warnings would count too). Returns that line."""
+  code = convert_main(list(args))
+  err = capfd.readouterr().err
+  assert code == 2 and err.startswith('Error: ') and err.count('\n') == 1, (code, err)
+  return err.strip()
+
+
+def test_bad_files_are_one_error_line(clip, siglip, tmp_path, capfd):
+  """A cut download, pickled objects in an npz or a torch file, and a missing or damaged tokenizer file."""
+  bpe, out, ran = str(clip['root'] / 'bpe.txt.gz'), str(tmp_path / 'out'), tmp_path / 'pickle_ran'
+  data = (clip['root'] / 'openai.safetensors').read_bytes()
+  cut = tmp_path / 'cut.safetensors'
+  cut.write_bytes(data[:len(data) * 2 // 3])
+  assert re.fullmatch(rf"Error: {re.escape(str(cut))}: truncated: key '[\w.]+' ends at byte \d+ of the data, "
+                      r'which has \d+; download the file again\.', _cli_error(capfd, str(cut), '--out', out))
+
+  npz = tmp_path / 'objects.npz'
+  np.savez(npz, **{'params/img/embedding/kernel': np.array([_Opens(ran)], dtype=object)})
+  assert _cli_error(capfd, str(npz), '--out', out, '--tokenizer', siglip['sp']) == (
+      f"Error: {npz}: key 'params/img/embedding/kernel' is an object array (pickled Python objects); only "
+      'numeric arrays are read, and nothing is unpickled.')
+
+  pt = tmp_path / 'code.pt'
+  torch.save({'state_dict': {**{k: torch.from_numpy(v) for k, v in clip['state'].items()}, 'x': _Opens(ran)}}, pt)
+  assert _cli_error(capfd, str(pt), '--out', out, '--tokenizer', bpe) == (
+      f'Error: {pt}: the pickle holds more than tensors and plain containers (Unsupported global: GLOBAL io.open), '
+      'so torch.load(weights_only=True) refuses it and nothing in it is run; convert a state dict saved with '
+      'safetensors from a copy you trust.')
+  assert not ran.exists()
+
+  safetensors = str(clip['root'] / 'openai.safetensors')
+  missing = tmp_path / 'missing.txt.gz'
+  assert _cli_error(capfd, safetensors, '--out', out, '--tokenizer', str(missing)) == (
+      f'Error: {missing}: no such tokenizer file or directory.')
+  damaged = tmp_path / 'damaged.txt.gz'
+  damaged.write_bytes(open(bpe, 'rb').read()[:100])
+  assert _cli_error(capfd, safetensors, '--out', out, '--tokenizer', str(damaged)) == (
+      f'Error: {damaged}: unreadable or damaged (Compressed file ended before the end-of-stream marker was '
+      'reached); expected a BPE merges file.')
+  not_sp = tmp_path / 'spiece.model'
+  not_sp.write_bytes(b'\n\x05hello\xff')
+  assert _cli_error(capfd, siglip['npz'], '--out', out, '--tokenizer', str(not_sp)) == (
+      f'Error: {not_sp}: not a SentencePiece model (a .model file).')
+  assert not os.path.exists(out)
+
+
+def test_cli_refuses_a_pickle_with_code_in_one_line(clip, tmp_path):
+  """`python -m vitclip.convert` itself: status 2, one stderr line, no traceback, the pickle's code not run."""
+  pt, ran = tmp_path / 'code.pt', tmp_path / 'pickle_ran'
+  torch.save({'visual.conv1.weight': torch.zeros(1), 'x': _Opens(ran)}, pt)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, '-m', 'vitclip.convert', str(pt), '--out', str(tmp_path / 'out')],
+                        cwd=root, capture_output=True, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert done.returncode == 2 and done.stderr.startswith(f'Error: {pt}: the pickle holds') and (
+      done.stderr.count('\n') == 1), done.stderr
+  assert not ran.exists()
+
+
 def test_converter_is_optional_for_the_rest_of_vitclip():
-  """Training, evaluation and the converter's own modules never import torch or transformers."""
+  """Training, evaluation and the converter's own modules never import torch or transformers; the library
+  never imports the top-level configs/ package (importable here: the command runs in the repository root)."""
   code = ('import sys, vitclip.trainer, vitclip.evaluators, vitclip.convert.hf, '
-          'vitclip.convert.openai, vitclip.convert.big_vision, vitclip.convert.__main__, eval; '
+          'vitclip.convert.openai, vitclip.convert.big_vision, vitclip.convert.__main__; '
+          'assert "configs" not in sys.modules, "configs imported by vitclip"; import eval; '
           'bad = [m for m in ("torch", "transformers") if m in sys.modules]; assert not bad, bad')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run([sys.executable, '-c', code], cwd=root, check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})

@@ -7,8 +7,10 @@ end token, padding. Over-long texts are truncated *before* the end token so the 
 
 Reproducing pretrained models' tokenizers (ids identical to the HF tokenizers of the same files):
   * CLIP: `clip_bpe` builds the byte-level BPE of CLIP (NFC, whitespace runs -> ' ', lowercase; CLIP's
-    pre-tokenizer regex; '</w>' word ends), from vocab + merges or from OpenAI's merges file alone. The pad id is
-    stored in the tokenizer.json's `padding` field when it is not the end token (OpenAI pads with 0).
+    pre-tokenizer regex; '</w>' word ends), from vocab + merges or from OpenAI's merges file alone;
+    `load_clip_bpe` reads each file form in use (HF tokenizer.json, vocab.json + merges.txt, OpenAI's
+    bpe_simple_vocab_16e6.txt[.gz]). The pad id is stored in the tokenizer.json's `padding` field when it is not
+    the end token (OpenAI pads with 0).
   * SigLIP: `SentencePieceTokenizer` lowercases, drops ASCII punctuation and collapses whitespace (HF
     SiglipTokenizer's canonicalisation, from big_vision's prompt engineering), appends EOS, no BOS, pads with
     the EOS id.
@@ -21,6 +23,7 @@ import json
 import os
 import re
 import string
+import zlib
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -33,6 +36,16 @@ CLIP_BOS, CLIP_EOS = '<|startoftext|>', '<|endoftext|>'
 # single digits, runs of other non-space characters.
 CLIP_SPLIT = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
               r"""[^\s\p{L}\p{N}]+""")
+# OpenAI's vocabulary: 256 byte tokens, the same with '</w>', one token per merge, 2 specials.
+CLIP_NON_MERGES = 2 * 256 + 2
+# OpenAI's simple_tokenizer reads `merges[1:49152-256-2+1]` of its file: 48 894 merges, 49 408 tokens.
+OPENAI_MERGES = 49152 - 256 - 2
+# The files `load_clip_bpe` reads, for messages.
+CLIP_FILES = 'tokenizer.json, vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz'
+
+
+class TokenizerFileError(ValueError):
+  """A tokenizer file that is missing, unreadable or not of the kind expected; the message names the file."""
 
 
 @dataclasses.dataclass
@@ -88,7 +101,7 @@ class Tokenizer:
     """Loads a tokenizer.json, or a SentencePiece model for a path ending in '.model'."""
     if path.endswith(SentencePieceTokenizer.SUFFIX):
       return SentencePieceTokenizer.from_file(path, max_len)
-    return cls.from_tokenizer(tokenizers.Tokenizer.from_file(path), max_len, name=path)
+    return cls.from_tokenizer(_tokenizer_json(path), max_len, name=path)
 
   @classmethod
   def from_tokenizer(cls, tok: tokenizers.Tokenizer, max_len: int, name: str = 'tokenizer') -> 'Tokenizer':
@@ -97,8 +110,8 @@ class Tokenizer:
     find = lambda *names: next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
     eos = find(EOS, CLIP_EOS, '</s>', '<eos>')
     if eos is None:
-      raise ValueError(f'{name}: no end-of-text token ({EOS!r}, "<|endoftext|>", "</s>" or "<eos>") in the '
-                       'vocabulary; vitclip pools text at that token.')
+      raise TokenizerFileError(f'{name}: no end-of-text token ({EOS!r}, "<|endoftext|>", "</s>" or "<eos>") in '
+                               'the vocabulary; vitclip pools text at that token.')
     pad = tok.padding['pad_id'] if tok.padding else find(PAD, '<pad>')
     return cls(tok, max_len, eos_id=eos, pad_id=eos if pad is None else pad,
                bos_id=find(BOS, CLIP_BOS, '<s>', '<bos>'))
@@ -168,12 +181,18 @@ class SentencePieceTokenizer:
 
   @classmethod
   def from_file(cls, path: str, max_len: int, **kwargs) -> 'SentencePieceTokenizer':
-    with open(path, 'rb') as f:
-      model = f.read()
+    """Raises TokenizerFileError for a missing, unreadable or empty file or one that is not a model."""
+    try:
+      with open(path, 'rb') as f:
+        model = f.read()
+    except OSError as e:
+      raise TokenizerFileError(f'{path}: {e.strerror or _one_line(e)}; expected a SentencePiece model.') from None
+    if not model:  # sentencepiece accepts empty bytes as a model without pieces.
+      raise TokenizerFileError(f'{path}: an empty file; expected a SentencePiece model.')
     try:
       return cls(model, max_len, **kwargs)
     except ValueError as e:
-      raise ValueError(f'{path}: {e}') from None
+      raise TokenizerFileError(f'{path}: {e}') from None
 
 
 _ASCII_PUNCTUATION = str.maketrans('', '', string.punctuation)
@@ -200,18 +219,46 @@ def clip_vocab_from_merges(merges: Sequence[tuple[str, str]]) -> dict[str, int]:
 
 
 def read_merges(path: str, limit: int | None = None) -> list[tuple[str, str]]:
-  """Reads a merges file ('#version' header, then one 'a b' pair a line; '.gz' allowed): the first `limit`."""
-  opener = gzip.open if path.endswith('.gz') else open
-  try:
-    with opener(path, 'rt', encoding='utf-8') as f:
-      lines = [line for line in f.read().split('\n') if line and not line.startswith('#version')]
-  except (UnicodeDecodeError, gzip.BadGzipFile):
-    raise ValueError(f'{path}: not a BPE merges text file.') from None
-  pairs = [tuple(line.split()) for line in lines[:limit]]
-  bad = next((line for line, p in zip(lines, pairs) if len(p) != 2), None)
-  if bad is not None:
-    raise ValueError(f'{path}: merges must be "a b" pairs, got {bad!r}.')
+  """Reads a BPE merges file: a header line, then one 'a b' pair a line. Returns the first `limit` pairs.
+
+  The files in use: OpenAI's bpe_simple_vocab_16e6.txt (shipped gzipped by OpenAI and open_clip; header
+  '"bpe_simple_vocab_16e6.txt#version: 0.2', quote and file name included) and HF's merges.txt (header
+  '#version: 0.2'). OpenAI's reader drops the first line whatever it holds; here a first line without
+  '#version' is a merge like any other, so a file without a header loses none.
+
+  Raises:
+    TokenizerFileError: missing, damaged or not a merges file; a line that is not a pair (named by number).
+  """
+  lines = _read_text(path, 'a BPE merges file').split('\n')
+  first = 1 if lines and '#version' in lines[0] else 0
+  while len(lines) > first and not lines[-1].strip():
+    lines.pop()  # The final newline.
+  pairs = []
+  for number, line in enumerate(lines[first:], start=first + 1):
+    if limit is not None and len(pairs) == limit:
+      break
+    pair = tuple(line.split())
+    if len(pair) != 2:
+      raise TokenizerFileError(f'{path}: line {number} is {line[:60]!r}, not a merge "a b"; expected a BPE merges '
+                               'file (bpe_simple_vocab_16e6.txt[.gz] or merges.txt).')
+    pairs.append(pair)
   return pairs
+
+
+def _read_text(path: str, what: str) -> str:
+  """A UTF-8 text file, gunzipped when it starts with gzip's magic bytes (OpenAI's merges are .txt.gz)."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    if data[:2] == b'\x1f\x8b':
+      data = gzip.decompress(data)
+    return data.decode('utf-8')
+  except FileNotFoundError:
+    raise TokenizerFileError(f'{path}: no such file; expected {what}.') from None
+  except (OSError, EOFError, zlib.error) as e:  # Not a file; truncated or damaged gzip data.
+    raise TokenizerFileError(f'{path}: unreadable or damaged ({_one_line(e)}); expected {what}.') from None
+  except UnicodeDecodeError:
+    raise TokenizerFileError(f'{path}: not UTF-8 text; expected {what}.') from None
 
 
 def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]], pad_id: int | None = None
@@ -219,12 +266,19 @@ def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]], pad_id: i
   """CLIP's byte-level BPE (same ids as HF CLIPTokenizer built from this vocab and these merges).
 
   pad_id: stored as the tokenizer's padding (read back by `Tokenizer.from_file`); None pads with EOS like HF.
+
+  Raises:
+    ValueError: the vocabulary lacks CLIP's specials, or a merge uses or makes a token outside it.
   """
   for special in (CLIP_BOS, CLIP_EOS):
     if special not in vocab:
       raise ValueError(f'A CLIP vocabulary needs the {special!r} token.')
-  tok = tokenizers.Tokenizer(models.BPE(vocab=dict(vocab), merges=list(merges), continuing_subword_prefix='',
-                                        end_of_word_suffix='</w>', fuse_unk=False, unk_token=CLIP_EOS))
+  try:
+    model = models.BPE(vocab=dict(vocab), merges=list(merges), continuing_subword_prefix='',
+                       end_of_word_suffix='</w>', fuse_unk=False, unk_token=CLIP_EOS)
+  except Exception as e:  # pylint: disable=broad-except  # tokenizers raises a bare Exception.
+    raise ValueError(f'the merges do not fit the vocabulary ({_one_line(e)}).') from None
+  tok = tokenizers.Tokenizer(model)
   tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r'\s+'), ' '),
                                          normalizers.Lowercase()])
   tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -232,35 +286,87 @@ def clip_bpe(vocab: dict[str, int], merges: Sequence[tuple[str, str]], pad_id: i
       pre_tokenizers.ByteLevel(add_prefix_space=False)])
   tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace('</w>', ' ')])
   tok.add_special_tokens([CLIP_BOS, CLIP_EOS])
+  return _with_padding(tok, pad_id)
+
+
+def load_clip_bpe(path: str, vocab_size: int | None = None, pad_id: int | None = None) -> tokenizers.Tokenizer:
+  """A CLIP BPE from the files CLIP tokenizers come in:
+
+    * HF `tokenizer.json` (used as is), or a folder holding one;
+    * HF `vocab.json` + `merges.txt`: a folder holding both, or either file of the pair;
+    * a merges file alone: OpenAI's `bpe_simple_vocab_16e6.txt[.gz]` (or a `merges.txt` without its
+      vocab.json). The vocabulary follows OpenAI's rule with the file's first `vocab_size` - 514 merges
+      (default `OPENAI_MERGES`: OpenAI's file holds more merges than its models use).
+
+  Args:
+    path: file or folder.
+    vocab_size: rows of the model's text embedding; a merges file must have enough merges for them.
+    pad_id: stored as the tokenizer's padding (OpenAI pads with 0); None pads with the end token.
+
+  Raises:
+    TokenizerFileError: missing, unreadable or inconsistent files (the message names the path).
+  """
+  if not os.path.exists(path):
+    raise TokenizerFileError(f'{path}: no such file or directory; expected a CLIP tokenizer ({CLIP_FILES}).')
+  folder, name = (path, None) if os.path.isdir(path) else os.path.split(path)
+  pair = [os.path.join(folder, n) for n in ('vocab.json', 'merges.txt')]
+  if name is None and os.path.isfile(os.path.join(folder, 'tokenizer.json')):
+    path, name = os.path.join(folder, 'tokenizer.json'), 'tokenizer.json'
+  elif name in (None, 'vocab.json', 'merges.txt') and all(map(os.path.isfile, pair)):
+    return _clip_bpe_from_pair(*pair, pad_id)
+  elif name is None:
+    raise TokenizerFileError(f'{path}: a folder without tokenizer.json or vocab.json + merges.txt; expected a '
+                             f'CLIP tokenizer ({CLIP_FILES}).')
+  elif name == 'vocab.json':
+    raise TokenizerFileError(f'{path}: a vocabulary without merges.txt beside it; expected a CLIP tokenizer '
+                             f'({CLIP_FILES}).')
+  if name.endswith(SentencePieceTokenizer.SUFFIX):
+    raise TokenizerFileError(f"{path}: a SentencePiece model, but CLIP models use CLIP's BPE ({CLIP_FILES}).")
+  if name.endswith('.json'):
+    return _with_padding(_tokenizer_json(path), pad_id)
+  wanted = OPENAI_MERGES if vocab_size is None else vocab_size - CLIP_NON_MERGES
+  merges = read_merges(path, wanted)
+  if vocab_size is not None and len(merges) < wanted:  # EOT would not be the model's largest id.
+    raise TokenizerFileError(
+        f'{path}: {len(merges)} merges, but the model\'s {vocab_size} tokens need {wanted} (OpenAI\'s rule: 512 '
+        'byte tokens, one per merge, 2 specials); pass the tokenizer this model was trained with.')
+  return _clip_bpe_checked(path, clip_vocab_from_merges(merges), merges, pad_id)
+
+
+def _clip_bpe_from_pair(vocab_path: str, merges_path: str, pad_id: int | None) -> tokenizers.Tokenizer:
+  try:
+    with open(vocab_path, encoding='utf-8') as f:
+      vocab = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise TokenizerFileError(f'{vocab_path}: not a JSON vocabulary ({_one_line(e)}).') from None
+  if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+    raise TokenizerFileError(f'{vocab_path}: expected a JSON object token -> id.')
+  return _clip_bpe_checked(f'{vocab_path} + merges.txt', vocab, read_merges(merges_path), pad_id)
+
+
+def _clip_bpe_checked(name: str, vocab, merges, pad_id) -> tokenizers.Tokenizer:
+  try:
+    return clip_bpe(vocab, merges, pad_id)
+  except ValueError as e:
+    raise TokenizerFileError(f'{name}: {e}') from None
+
+
+def _tokenizer_json(path: str) -> tokenizers.Tokenizer:
+  try:
+    return tokenizers.Tokenizer.from_file(path)
+  except Exception as e:  # pylint: disable=broad-except  # tokenizers raises a bare Exception.
+    raise TokenizerFileError(f'{path}: not a tokenizers JSON file ({_one_line(e)}).') from None
+
+
+def _with_padding(tok: tokenizers.Tokenizer, pad_id: int | None) -> tokenizers.Tokenizer:
   if pad_id is not None:
     tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
   return tok
 
 
-def load_clip_bpe(path: str, vocab_size: int | None = None, pad_id: int | None = None) -> tokenizers.Tokenizer:
-  """A CLIP BPE from `path`: a tokenizer.json (used as is), a directory holding tokenizer.json or
-  vocab.json + merges.txt, or a merges file alone (OpenAI's bpe_simple_vocab_16e6.txt.gz; the vocabulary
-  follows OpenAI's rule with as many merges as `vocab_size` - 514 allows)."""
-  if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, 'tokenizer.json')):
-      path = os.path.join(path, 'tokenizer.json')
-    elif os.path.exists(os.path.join(path, 'vocab.json')) and os.path.exists(os.path.join(path, 'merges.txt')):
-      with open(os.path.join(path, 'vocab.json'), encoding='utf-8') as f:
-        vocab = json.load(f)
-      return clip_bpe(vocab, read_merges(os.path.join(path, 'merges.txt')), pad_id)
-    else:
-      raise FileNotFoundError(f'{path}: no tokenizer.json and no vocab.json + merges.txt.')
-  if path.endswith('.json'):
-    try:
-      tok = tokenizers.Tokenizer.from_file(path)
-    except Exception as e:  # pylint: disable=broad-except  # tokenizers raises its own exception type.
-      raise ValueError(f'{path}: not a tokenizers JSON file ({e}).') from None
-    if pad_id is not None:
-      tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id))
-    return tok
-  limit = None if vocab_size is None else vocab_size - 2 * 256 - 2
-  merges = read_merges(path, limit)
-  return clip_bpe(clip_vocab_from_merges(merges), merges, pad_id)
+def _one_line(e: Exception) -> str:
+  """An exception's message on one line (library messages span several; CLI errors are one line)."""
+  return ' '.join(str(e).split()) or type(e).__name__
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> tokenizers.Tokenizer:

@@ -5,7 +5,9 @@
 
 SRC: a Hugging Face folder (CLIPModel / SiglipModel), an OpenAI / open_clip state dict (.safetensors or a torch
 file read with weights_only=True), or a big_vision SigLIP .npz. DIR receives:
-  config.json          a full vitclip config reproducing the source architecture (configs/base.py fields);
+  config.json          the config fields the source determines: the model architecture, tokenizer, loss.kind,
+                       data.mean/std (`vitclip.config.load_model_dir` lays it over a full config, e.g.
+                       configs/base.py's, for the run settings);
   tokenizer.json       CLIP BPE, or tokenizer.model (SigLIP SentencePiece); config.tokenizer.path names it;
   checkpoints/0/state  {'params': params} (orbax; `vitclip.checkpoint.save_params`), float32.
 
@@ -14,6 +16,7 @@ torch / transformers are needed only for torch files and HF folders (requirement
 
 import os
 
+from vitclip import tokenizer as tokenizer_lib
 from vitclip.convert import common
 from vitclip.convert.common import ConvertError
 
@@ -52,8 +55,13 @@ def convert(src: str, out: str, format: str = 'auto', variant: str | None = None
       when None). TEXT defaults to IMAGE's size.
     tokenizer: tokenizer file; needed for state dicts and .npz, which carry none (HF folders bring theirs).
 
+  Returns:
+    The config written to `out/config.json`: the fields the source determines (model, tokenizer, loss.kind,
+    data.mean/std); lay it over a full config for the rest (`vitclip.config.load_model_dir`).
+
   Raises:
-    ConvertError: unreadable or mismatched source, naming the first bad key and the expected shape.
+    ConvertError: unreadable or mismatched source or tokenizer file, with a one-line message naming the file
+      (for weights: the first bad key and the expected shape).
   """
   from vitclip.convert import big_vision, hf, openai
   if format not in FORMATS:
@@ -61,6 +69,9 @@ def convert(src: str, out: str, format: str = 'auto', variant: str | None = None
   src = os.path.expanduser(src)
   if not os.path.exists(src):
     raise ConvertError(f'{src}: no such file or directory.')
+  tokenizer = tokenizer and os.path.expanduser(tokenizer)
+  if tokenizer and not os.path.exists(tokenizer):
+    raise ConvertError(f'{tokenizer}: no such tokenizer file or directory.')
   fmt = detect_format(src) if format == 'auto' else format
   try:
     if fmt == 'hf':
@@ -69,9 +80,11 @@ def convert(src: str, out: str, format: str = 'auto', variant: str | None = None
       config, params, tok = big_vision.convert(src, variant, tokenizer)
     else:
       config, params, tok = openai.convert(src, fmt, variant, tokenizer)
-  except ValueError as e:  # Model or tokenizer construction refusing the inferred settings.
-    if isinstance(e, ConvertError):
-      raise
+  except ConvertError:
+    raise
+  except tokenizer_lib.TokenizerFileError as e:  # Names the tokenizer file.
+    raise ConvertError(str(e)) from None
+  except ValueError as e:  # Model construction refusing the inferred settings.
     raise ConvertError(f'{src}: {e}') from None
   common.write(out, config, params, tok.save)
   return config

@@ -1,6 +1,7 @@
 """CLI: python -m vitclip.convert SRC --out DIR [--format ...] [--variant ...] [--tokenizer ...].
 
-Exits with status 2 and one 'Error: ...' line when the source cannot be converted.
+Exits with status 2 and one 'Error: ...' line on stderr when the source or tokenizer cannot be converted or the
+output cannot be written.
 """
 
 import argparse
@@ -23,8 +24,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     config = convert(args.src, args.out, args.format, args.variant, args.tokenizer)
-  except (ConvertError, FileNotFoundError) as e:
-    print(f'Error: {e}', file=sys.stderr)
+  except (ConvertError, OSError) as e:  # OSError: the output directory cannot be written.
+    print('Error: ' + ' '.join(str(e).split()), file=sys.stderr)  # One line, whatever the message holds.
     return 2
   m = config.model
   print(f'Wrote {args.out}: image {m.image.variant} @{m.image.image_size}px, text {m.text.variant} '

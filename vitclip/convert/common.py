@@ -8,7 +8,6 @@ into the source's layout), and reports the first missing, misshapen or unused ke
 """
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -17,7 +16,6 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from configs import base
 from vitclip import checkpoint
 from vitclip.models import build_model, variants
 
@@ -237,14 +235,20 @@ def parse_variant(variant: str | None) -> tuple[str | None, str | None]:
   return image, text
 
 
-def base_config():
-  """vitclip's default config, the starting point of every converted one."""
-  return base.get_config()
+# Model settings that are not facts about the source, so config.json leaves them to the config that loads it:
+# the converter's own model computes in float32 and keeps no activations for backward.
+BUILD = {'dtype': 'float32', 'remat_policy': 'none'}
+
+
+def build(config):
+  """The vitclip model of a converted config, whose model section sets every architecture field
+  (`families`), with `BUILD`'s settings."""
+  return build_model({**config.model.to_dict(), **BUILD})
 
 
 def abstract_params(config) -> dict[str, Shape]:
-  """Flat 'a/b/c' -> shape of the params `build_model(config.model)` initialises."""
-  model = build_model(config.model)
+  """Flat 'a/b/c' -> shape of the params `build(config)` initialises."""
+  model = build(config)
   size, length = config.model.image.image_size, config.model.text.max_len
   tree = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32),
                                            np.zeros((1, length), np.int32))['params'])
@@ -283,7 +287,7 @@ def describe(config) -> str:
 
 
 def assemble(config, source: Source, rules: dict[str, Rule]) -> dict:
-  """Builds the float32 params tree of `build_model(config.model)` from `source`.
+  """Builds the float32 params tree of `build(config)` from `source`.
 
   Every source array is checked against the shape the model expects; the first problem (in the rules' order)
   raises a ConvertError naming the key and the expected shape. Unused source arrays are errors too.
@@ -313,7 +317,8 @@ def assemble(config, source: Source, rules: dict[str, Rule]) -> dict:
 
 
 def write(out: str, config, params, save_tokenizer: Callable[[str], None]):
-  """Writes `out/config.json`, the tokenizer (`out/<config.tokenizer.path>`) and the params checkpoint."""
+  """Writes `out/config.json` (`config`: the fields the source determines), the tokenizer
+  (`out/<config.tokenizer.path>`) and the params checkpoint."""
   if os.path.exists(os.path.join(out, 'checkpoints')):
     raise ConvertError(f'{out} already holds a checkpoint; convert into a new directory.')
   os.makedirs(out, exist_ok=True)
@@ -324,7 +329,3 @@ def write(out: str, config, params, save_tokenizer: Callable[[str], None]):
     f.write(config.to_json_best_effort(indent=1))
   os.replace(tmp, os.path.join(out, 'config.json'))  # Last: a directory with config.json is complete.
 
-
-def read_json(path: str) -> dict:
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)

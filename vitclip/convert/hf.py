@@ -11,7 +11,7 @@ from vitclip import tokenizer as tokenizer_lib
 from vitclip.convert import common, families
 from vitclip.convert.common import (CONV, HF_BLOCK, SAME, ConvertError, Rule, Source, attention_rules,
                                     layernorm_rules, linear_rules, reshape_from, torch_encoder_rules)
-from vitclip.convert.readers import read_hf_weights
+from vitclip.convert.readers import read_hf_weights, read_json
 
 # HF activation names -> vitclip's.
 ACTIVATIONS = {'quick_gelu': 'quick_gelu', 'gelu': 'gelu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh'}
@@ -30,11 +30,14 @@ def load_config(folder: str):
   except ImportError:
     raise ConvertError('Converting a Hugging Face folder needs transformers (pip install -r '
                        'requirements-convert.txt).') from None
-  raw = common.read_json(os.path.join(folder, 'config.json'))
+  raw = read_json(os.path.join(folder, 'config.json'))
   if raw.get('model_type') not in MODEL_TYPES:
     raise ConvertError(f'{folder}/config.json: model_type {raw.get("model_type")!r} is not supported; '
                        f'use one of {MODEL_TYPES} (CLIPModel, SiglipModel).')
-  return transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+  try:
+    return transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+  except (OSError, ValueError, KeyError, TypeError) as e:  # A config.json transformers cannot read.
+    raise ConvertError(f'{folder}/config.json: transformers cannot read it ({" ".join(str(e).split())}).') from None
 
 
 def convert(folder: str, variant: str | None, tokenizer_path: str | None):
@@ -102,7 +105,7 @@ def _text_rules(config) -> dict[str, Rule]:
 
 
 def _clip(folder, hf, source, variant, tokenizer_path):
-  tok = _clip_tokenizer(folder, tokenizer_path, hf.text_config.max_position_embeddings)
+  tok = _clip_tokenizer(folder, tokenizer_path, hf.text_config.vocab_size, hf.text_config.max_position_embeddings)
   families.check_tokenizer(tok, hf.text_config.vocab_size, tokenizer_path or folder)
   eos = hf.text_config.eos_token_id
   if eos != 2 and eos != tok.eos_id:
@@ -164,14 +167,14 @@ def _image_stats(folder: str, mean, std):
   path = os.path.join(folder, 'preprocessor_config.json')
   if not os.path.exists(path):
     return mean, std
-  pre = common.read_json(path)
+  pre = read_json(path)
   return tuple(pre.get('image_mean', mean)), tuple(pre.get('image_std', std))
 
 
-def _clip_tokenizer(folder: str, path: str | None, max_len: int) -> tokenizer_lib.Tokenizer:
+def _clip_tokenizer(folder: str, path: str | None, vocab_size: int, max_len: int) -> tokenizer_lib.Tokenizer:
   """The folder's CLIP BPE (tokenizer.json or vocab.json + merges.txt) or `path`; pads with the folder's
   pad token (HF: '<|endoftext|>' for OpenAI's models, '!' = 0 for some others)."""
-  tok = tokenizer_lib.load_clip_bpe(path or folder)
+  tok = tokenizer_lib.load_clip_bpe(path or folder, vocab_size)
   pad = _special_token(folder, 'pad_token')
   pad_id = None if pad is None else tok.token_to_id(pad)
   if pad_id is not None:
@@ -184,7 +187,7 @@ def _siglip_tokenizer(folder: str, path: str | None, max_len: int) -> tokenizer_
   if not os.path.exists(path):
     raise ConvertError(f'{folder}: no spiece.model; pass the SigLIP SentencePiece model (--tokenizer).')
   settings = os.path.join(folder, 'tokenizer_config.json')
-  if os.path.exists(settings) and not common.read_json(settings).get('do_lower_case', True):
+  if os.path.exists(settings) and not read_json(settings).get('do_lower_case', True):
     raise ConvertError(f'{settings}: do_lower_case=False is not supported (vitclip lowercases like SigLIP).')
   return tokenizer_lib.SentencePieceTokenizer.from_file(path, max_len)
 
@@ -193,7 +196,7 @@ def _special_token(folder: str, name: str) -> str | None:
   for file in ('special_tokens_map.json', 'tokenizer_config.json'):
     path = os.path.join(folder, file)
     if os.path.exists(path):
-      value = common.read_json(path).get(name)
+      value = read_json(path).get(name)
       if value is not None:
         return value['content'] if isinstance(value, dict) else value
   return None
