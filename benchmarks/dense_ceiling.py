@@ -23,8 +23,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from vitclip import config as config_lib  # noqa: E402
-from vitclip.data import sources  # noqa: E402
-from vitclip.evaluators import dense, metrics  # noqa: E402
+from vitclip.data import generated, sources  # noqa: E402
+from vitclip.evaluators import common, dense, metrics  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (data set and dense settings).',
                                           lock_config=False)
@@ -61,12 +61,12 @@ def main(argv):
   cfg = config.evals.dense
   results = {}
   for spec in cfg.datasets:
-    name, feature = dense.parse_dataset(spec, cfg.mask_feature)
-    source, info = sources.load_source(name, cfg.split, config_lib.data_dir(config),
-                                       **sources.settings_for(name, config.data))
+    name, feature = common.parse_dataset(spec, cfg.mask_feature)
+    source, info = sources.load_source(generated.resolve(name, config.data), cfg.split,
+                                       config_lib.data_dir(config))
     count = len(source) if _MAX.value <= 0 else min(_MAX.value, len(source))
     masks = np.stack([dense.read_mask(source[i], feature) for i in range(count)])
-    num_classes = 1 + len(dense.foreground_names(cfg, info, name))
+    num_classes = 1 + len(common.classnames_for(cfg, info, name, cfg.class_feature))
     for patch in _PATCH.value:
       for oracle, miou in ceiling(masks, num_classes, patch, cfg.ignore_index).items():
         key = f'{name}/patch{patch}/{oracle}'

@@ -140,36 +140,40 @@ def get_config(arg=None):
   c.init_from_towers = ''  # Comma-separated top-level params to load: img, txt, t, b. '' = all of this model's.
 
   # ----------------------------------------------------------- evaluation
+  # Evaluation follows the training data: retrieval with no data set named evaluates config.data.name (when it has
+  # the split); zero-shot and dense evaluate only the data sets named. Nothing else is ever read.
   c.evals = ml_collections.ConfigDict()
-  c.evals.names = ('zeroshot',)  # Evaluators to run; see vitclip/evaluators/__init__.py.
+  c.evals.names = ('retrieval',)  # Evaluators to run; see vitclip/evaluators/__init__.py.
   c.evals.batch_size = 256
   c.evals.zeroshot = ml_collections.ConfigDict()
-  # TFDS classification data sets: 'name' (classes in feature 'label') or 'name:feature'.
-  c.evals.zeroshot.datasets = ('shapes', 'shapes:color')
+  # Classification data sets: 'name' (classes in the ClassLabel feature 'label') or 'name:feature'.
+  c.evals.zeroshot.datasets = ()
   c.evals.zeroshot.split = 'test'
-  c.evals.zeroshot.templates = 'shapes'  # 'clip80' | 'clip7' | 'none' | 'shapes' | a tuple of templates.
+  c.evals.zeroshot.templates = 'clip80'  # 'clip80' | 'clip7' | 'none' | templates with '{}' joined by '|'.
+  # {result key ('name', or 'name_feature' for 'name:feature'): templates}: other prompts for one data set entry.
+  c.evals.zeroshot.templates_for = ml_collections.ConfigDict()
   c.evals.zeroshot.classnames_files = ml_collections.ConfigDict()  # {dataset: file with one name per line}
   c.evals.zeroshot.aliases = ''  # 'name=alias,...': replace individual class names in the prompts.
 
   # Image <-> text retrieval (vitclip/evaluators/retrieval.py): R@1/5/10 both ways, all captions of each image.
   c.evals.retrieval = ml_collections.ConfigDict()
-  c.evals.retrieval.datasets = ('shapes',)  # TFDS names whose records hold an image and captions.
+  c.evals.retrieval.datasets = ()  # TFDS names whose records hold an image and captions; () = config.data.name.
   c.evals.retrieval.split = 'validation'
   c.evals.retrieval.max_examples = 0  # Evaluate the first N images only; 0 = all.
 
   # MaskCLIP-style dense probing (vitclip/evaluators/dense.py): training-free segmentation, mIoU.
   c.evals.dense = ml_collections.ConfigDict()
-  c.evals.dense.datasets = ('shapes',)  # 'name' (mask in `mask_feature`) or 'name:mask_feature'.
+  c.evals.dense.datasets = ()  # 'name' (mask in `mask_feature`) or 'name:mask_feature'.
   c.evals.dense.split = 'validation'
   c.evals.dense.max_examples = 0  # Evaluate the first N images only; 0 = all.
   c.evals.dense.mask_feature = 'mask'  # int [H, W]: 0 = background, k + 1 = class k, ignore_index = unscored.
   c.evals.dense.ignore_index = 255
-  # Foreground class names (mask value k + 1 = name k): shapes -> SHAPE_NAMES; else a file from
-  # `classnames_files` {dataset: path, one name per line}, else the ClassLabel feature `class_feature`.
+  # Foreground class names (mask value k + 1 = name k): a file from `classnames_files` {dataset: path, one name
+  # per line}, else the ClassLabel feature `class_feature`.
   c.evals.dense.classnames_files = ml_collections.ConfigDict()
   c.evals.dense.class_feature = 'label'
   c.evals.dense.aliases = ''  # 'name=alias,...': replace individual class names in the prompts.
-  c.evals.dense.templates = 'shapes'  # As evals.zeroshot.templates.
+  c.evals.dense.templates = 'clip80'  # As evals.zeroshot.templates.
   c.evals.dense.method = 'maskclip'  # Last-block mode: 'none' | 'maskclip' | 'reduced' | 'sclip' | 'clearclip'.
   c.evals.dense.key_smoothing = False  # MaskCLIP KS: pred_i = mean_j cos(k_i, k_j) pred_j (last-block keys).
   c.evals.dense.prompt_denoising = False  # MaskCLIP PD: drop classes whose max probability < pd_threshold.
@@ -178,7 +182,7 @@ def get_config(arg=None):
   # 'prompt': background is a class, the max over one text row per background name (x templates);
   # 'threshold': background where the max foreground probability < bg_threshold.
   c.evals.dense.background = 'prompt'
-  c.evals.dense.background_prompts = ('background', 'grey background', 'texture', 'noise')
+  c.evals.dense.background_prompts = ('background',)
   c.evals.dense.bg_threshold = 0.5
   c.evals.dense.input_size = 0  # Images are resized to input_size^2 for inference; 0 = model resolution.
   # Sliding windows (pixels, multiples of the patch size) over the resized image; slide_size 0 = off.

@@ -8,6 +8,10 @@ init follows the loss kind unless set (see configs/base.py).
 """
 
 from configs import base
+from vitclip.data import shapes as shapes_data
+
+# Prompts of the shapes world: its captions are short phrases, not photo descriptions.
+TEMPLATES = ('a {}.', 'a small {}.', 'a large {}.', 'there is a {}.', 'a picture of a {}.')
 
 
 def get_config(arg=None):
@@ -44,12 +48,19 @@ def get_config(arg=None):
 
   c.log_every = 100
   c.ckpt_every = 300
+  c.evals.names = ('zeroshot',)
   c.evals.batch_size = 500
+  # Shape zero-shot on the test split; 'shapes:color' adds colour zero-shot (result key 'shapes_color'), whose
+  # prompts ensemble every shape: 'a red circle.', 'a red square.', ...
+  c.evals.zeroshot.datasets = ('shapes',)
+  c.evals.zeroshot.templates = '|'.join(TEMPLATES)
+  c.evals.zeroshot.templates_for.shapes_color = '|'.join(f'a {{}} {s}.' for s in shapes_data.SHAPE_NAMES)
   # Dense probing: the best setting measured on this model (README "Evaluating"): plain last-layer patch tokens
   # with Key Smoothing and Prompt Denoising, scores averaged over six input sizes (2/3x to 8/3x the 48 px
   # training size). Shapes validation mIoU 0.515; MaskCLIP's last block instead: 0.500.
-  c.evals.dense.update(method='none', key_smoothing=True, prompt_denoising=True,
-                       input_sizes=(32, 40, 48, 64, 96, 128))
+  c.evals.dense.update(datasets=('shapes',), templates='|'.join(TEMPLATES), method='none', key_smoothing=True,
+                       prompt_denoising=True, input_sizes=(32, 40, 48, 64, 96, 128),
+                       background_prompts=('background', 'grey background', 'texture', 'noise'))
   c.loss.kind = arg or 'softmax'
   # SigLIP's t = 10, b = -10 suit ~32k batches and long runs. At small batches b = -10 is far too negative: the
   # negatives then carry almost no gradient and b, moving ~lr per step, never recovers in a short run. b = -4 is

@@ -46,22 +46,25 @@ pixel is given the background and every other pixel its best foreground class (a
 """
 
 import dataclasses
-import logging
+import functools
 import re
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from vitclip import sharding
 from vitclip.data import sources
-from vitclip.evaluators import common, metrics, overlays, retrieval, zeroshot, templates as templates_lib
+from vitclip.errors import ConfigError
+from vitclip.evaluators import common, metrics, overlays, templates as templates_lib
 from vitclip.models.variants import decode_variant
 
 METHODS = ('none', 'maskclip', 'reduced', 'sclip', 'clearclip')
 BACKGROUNDS = ('prompt', 'threshold')
 BACKGROUND_NAME = 'background'
+PREFIX = 'config.evals.dense'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +152,7 @@ def class_scores(logits: jax.Array, keys: jax.Array | None, opts: ScoreOptions, 
       probs = masked_softmax(x, prompt_denoising_keep(probs, opts.pd_threshold))
     probs = jnp.concatenate([jnp.full((b, h * w, 1), opts.bg_threshold, jnp.float32), probs], -1)
   else:
-    raise ValueError(f'config.evals.dense.background={opts.background!r}; use one of {BACKGROUNDS}.')
+    raise ConfigError(f'{PREFIX}.background={opts.background!r}; use one of {BACKGROUNDS}.')
   if ks:
     if keys is None:
       raise ValueError('key smoothing needs the keys of the last block.')
@@ -237,56 +240,17 @@ def make_batch_fn(model, variants: Sequence[Variant], opts: ScoreOptions, *, pat
   return slide
 
 
-# -------------------------------------------------------------------------------------------- evaluation
+# -------------------------------------------------------------------------------------------- settings
 
 
-def parse_dataset(spec: str, default_feature: str) -> tuple[str, str]:
-  """'name' -> (name, default mask feature); 'name:feature' -> (name, feature). A trailing ':1.2.3' is a
-  version (part of the name), not a feature."""
-  name, sep, feature = spec.rpartition(':')
-  if not sep or re.match(r'^\d+\.\d+\.\d+$', feature):
-    return spec, default_feature
-  return name, feature
-
-
-def foreground_names(cfg, info, name: str) -> list[str]:
-  """Class names of mask values 1..C: a file in `cfg.classnames_files[name]`, else SHAPE_NAMES for the shapes
-  world, else the ClassLabel feature `cfg.class_feature`; `cfg.aliases` applies to all."""
-  has_file = 'classnames_files' in cfg and cfg.classnames_files.get(name, '')
-  if sources.parse_name(name)[0] == 'shapes' and not has_file:
-    from vitclip.data import shapes
-    aliases = dict(kv.split('=', 1) for kv in cfg.aliases.split(',') if '=' in kv) if 'aliases' in cfg else {}
-    return [aliases.get(n, n).replace('_', ' ') for n in shapes.SHAPE_NAMES]
-  return zeroshot.classnames_for(cfg, info, name, cfg.class_feature)
-
-
-def build_classifier(ctx, cfg, fg_names: Sequence[str], templates: Sequence[str]) -> tuple[np.ndarray, int]:
-  """-> (float32 [K, D] classifier: background rows ('prompt' only) then one row per foreground class,
-  number of background rows)."""
-  fg = zeroshot.build_classifier(ctx, fg_names, templates)
-  if cfg.background == 'threshold':
-    return fg, 0
-  prompts = list(cfg.background_prompts)
-  if not prompts:
-    raise ValueError('config.evals.dense.background="prompt" needs at least one background_prompts entry '
-                     '(or use background="threshold").')
-  bg = zeroshot.build_classifier(ctx, prompts, templates)
-  return np.concatenate([bg, fg]).astype(np.float32), len(prompts)
-
-
-def check_config(cfg, model_size: int, patch: int) -> list[tuple[int, int, int]]:
-  """Validates the dense settings; returns (input_size, slide_size, slide_stride) per inference scale."""
-  if cfg.method not in METHODS:
-    raise ValueError(f'config.evals.dense.method={cfg.method!r}; use one of {METHODS}.')
-  if cfg.background not in BACKGROUNDS:
-    raise ValueError(f'config.evals.dense.background={cfg.background!r}; use one of {BACKGROUNDS}.')
-  sizes = tuple(cfg.get('input_sizes', ())) or (cfg.input_size or model_size,)
+def scales(cfg, model_size: int, patch: int) -> list[tuple[int, int, int]]:
+  """Validates the inference sizes; returns (input_size, slide_size, slide_stride) per inference scale."""
+  sizes = tuple(cfg.input_sizes) or (cfg.input_size or model_size,)
   for size in sizes:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-      raise ValueError(f'config.evals.dense.input_sizes={tuple(sizes)!r}: use positive integers (pixels), '
-                       'e.g. "(48, 96)".')
+      raise ConfigError(f'{PREFIX}.input_sizes={tuple(sizes)!r}: use positive integers (pixels), e.g. "(48, 96)".')
   if len(set(sizes)) != len(sizes):
-    raise ValueError(f'config.evals.dense.input_sizes={tuple(sizes)!r} repeats a size; list each size once.')
+    raise ConfigError(f'{PREFIX}.input_sizes={tuple(sizes)!r} repeats a size; list each size once.')
   return [_check_scale(cfg, size, patch) for size in sizes]
 
 
@@ -297,15 +261,40 @@ def _check_scale(cfg, input_size: int, patch: int) -> tuple[int, int, int]:
     slide_size = 0  # One window covers the image: plain inference.
   if slide_size:
     if slide_size % patch:
-      raise ValueError(f'config.evals.dense.slide_size={slide_size} is not a multiple of the patch size {patch}.')
+      raise ConfigError(f'{PREFIX}.slide_size={slide_size} is not a multiple of the patch size {patch}.')
     if stride <= 0 or stride > slide_size:
-      raise ValueError(f'config.evals.dense.slide_stride={stride}: use 0 < stride <= slide_size ({slide_size}).')
+      raise ConfigError(f'{PREFIX}.slide_stride={stride}: use 0 < stride <= slide_size ({slide_size}).')
     if stride % patch:
-      raise ValueError(f'config.evals.dense.slide_stride={stride} is not a multiple of the patch size {patch}.')
+      raise ConfigError(f'{PREFIX}.slide_stride={stride} is not a multiple of the patch size {patch}.')
   if input_size % patch:
-    raise ValueError(f'config.evals.dense input size {input_size} is not a multiple of the patch size {patch}; '
-                     'set input_size / input_sizes to multiples of it.')
+    raise ConfigError(f'{PREFIX}.input_sizes / input_size: {input_size} px is not a multiple of the patch size '
+                      f'{patch}; use multiples of it.')
   return input_size, slide_size, stride if slide_size else 0
+
+
+def check_settings(cfg):
+  """Method, background and its prompts (the settings that do not depend on the model)."""
+  if cfg.method not in METHODS:
+    raise ConfigError(f'{PREFIX}.method={cfg.method!r}; use one of {METHODS}.')
+  if cfg.background not in BACKGROUNDS:
+    raise ConfigError(f'{PREFIX}.background={cfg.background!r}; use one of {BACKGROUNDS}.')
+  if cfg.background == 'prompt' and not tuple(cfg.background_prompts):
+    raise ConfigError(f'{PREFIX}.background="prompt" needs at least one background_prompts entry (or use '
+                      'background="threshold").')
+  if cfg.num_overlays < 0:
+    raise ConfigError(f'{PREFIX}.num_overlays={cfg.num_overlays}: use an integer >= 0 (0 = none).')
+
+
+def build_classifier(ctx: common.Context, params, cfg, fg_names: Sequence[str],
+                     templates: Sequence[str]) -> tuple[np.ndarray, int]:
+  """-> (float32 [K, D] classifier: background rows ('prompt' only) then one row per foreground class,
+  number of background rows)."""
+  fg = common.build_classifier(ctx, params, fg_names, templates)
+  if cfg.background == 'threshold':
+    return fg, 0
+  prompts = list(cfg.background_prompts)
+  bg = common.build_classifier(ctx, params, prompts, templates)
+  return np.concatenate([bg, fg]).astype(np.float32), len(prompts)
 
 
 def read_mask(record, feature: str) -> np.ndarray:
@@ -320,55 +309,112 @@ def read_mask(record, feature: str) -> np.ndarray:
   return mask
 
 
-def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float]:
-  model_cfg = ctx.config.model.image
-  patch = decode_variant(model_cfg.variant)['patch_size']
-  scales = check_config(cfg, model_cfg.image_size, patch)  # [(input_size, slide_size, slide_stride)]
-  templates = templates_lib.get_templates(cfg.templates, 'label')
+# -------------------------------------------------------------------------------------------- evaluation
 
-  name, mask_feature = parse_dataset(spec, cfg.mask_feature)
-  source, info = retrieval.load_source(ctx, name, cfg.split, cfg.max_examples)
-  key = retrieval.metric_name(name)
-  fg_names = foreground_names(cfg, info, name)
-  class_names = [BACKGROUND_NAME] + list(fg_names)
-  num_classes = len(class_names)
 
-  classifier, num_bg = build_classifier(ctx, cfg, fg_names, templates)
-  opts = ScoreOptions(background=cfg.background, num_bg=num_bg, temperature=float(cfg.temperature),
-                      pd_threshold=float(cfg.pd_threshold), bg_threshold=float(cfg.bg_threshold))
-  main = Variant(cfg.method, bool(cfg.key_smoothing), bool(cfg.prompt_denoising))
-  variants = [main]
-  if cfg.sweep:
-    variants += [v for m in METHODS for v in (Variant(m), Variant(m, True, True)) if v != main]
-  batch_fns = [jax.jit(make_batch_fn(ctx.model, variants, opts, patch=patch, input_size=size, slide_size=slide,
-                                     slide_stride=stride), out_shardings=sharding.batch_sharding(ctx.mesh))
-               for size, slide, stride in scales]
-  classifier = jax.device_put(classifier, sharding.replicated(ctx.mesh))
-  image_specs = [dataclasses.replace(ctx.image_spec(), size=size) for size, _, _ in scales]
+@dataclasses.dataclass
+class _Data:
+  """One data set entry, opened once per run."""
+  name: str
+  key: str  # <dataset> of the metric keys.
+  mask_feature: str
+  source: object
+  class_names: list[str]  # Background, then the foreground class of mask value k at index k.
 
-  def convert(record):
+
+class Dense(common.Evaluator):
+  """mIoU (and pixel / mean accuracy, fg_iou, miou_true_background, per-class IoU) of each data set entry."""
+  NAME = 'dense'
+  NEEDS = 'a data set with an int [H, W] mask feature: 0 background, k + 1 class k'
+
+  def __init__(self, ctx: common.Context, cfg):
+    super().__init__(ctx, cfg)
+    model_cfg = ctx.config.model.image
+    patch = decode_variant(model_cfg.variant)['patch_size']
+    self.templates = templates_lib.get_templates(cfg.templates, f'{PREFIX}.templates')
+    self.main = Variant(cfg.method, bool(cfg.key_smoothing), bool(cfg.prompt_denoising))
+    self.variants = [self.main]
+    if cfg.sweep:
+      self.variants += [v for m in METHODS for v in (Variant(m), Variant(m, True, True)) if v != self.main]
+    opts = ScoreOptions(background=cfg.background,
+                        num_bg=len(cfg.background_prompts) if cfg.background == 'prompt' else 0,
+                        temperature=float(cfg.temperature), pd_threshold=float(cfg.pd_threshold),
+                        bg_threshold=float(cfg.bg_threshold))
+    # One jitted function per inference scale, built here once: every run and every data set reuses its
+    # compiled programs.
+    sizes = scales(cfg, model_cfg.image_size, patch)
+    self.batch_fns = [jax.jit(make_batch_fn(ctx.model, self.variants, opts, patch=patch, input_size=size,
+                                            slide_size=slide, slide_stride=stride),
+                              out_shardings=sharding.batch_sharding(ctx.mesh))
+                      for size, slide, stride in sizes]
+    self.image_specs = [dataclasses.replace(ctx.image_spec(), size=size) for size, _, _ in sizes]
+
+  @classmethod
+  def default_feature(cls, cfg) -> str:
+    return cfg.mask_feature
+
+  @classmethod
+  def check_config(cls, cfg, config, data_dir):
+    check_settings(cfg)
+    common.check_split(PREFIX, cfg.split)
+    common.check_max_examples(PREFIX, cfg.max_examples)
+    templates_lib.get_templates(cfg.templates, f'{PREFIX}.templates')
+    try:
+      patch = decode_variant(config.model.image.variant).get('patch_size')
+    except ValueError:
+      patch = None  # An unknown variant is reported by the model checks.
+    if patch:
+      scales(cfg, config.model.image.image_size, patch)
+    for spec in cfg.datasets:
+      name, mask_feature = common.parse_dataset(spec, cfg.mask_feature)
+      info = common.check_dataset(f'{PREFIX}.datasets', name, f'{PREFIX}.split', cfg.split, config, data_dir)
+      common.check_feature(f'{PREFIX}.datasets entry {spec!r} ({PREFIX}.mask_feature)', name, info,
+                           (mask_feature,), 'mask')
+      common.check_class_names(PREFIX, cfg, info, name, cfg.class_feature, f'{PREFIX}.class_feature')
+
+  def setup(self, name: str, feature: str) -> _Data:
+    source, info = common.load_source(self.ctx, name, self.cfg.split, self.cfg.max_examples)
+    fg_names = common.classnames_for(self.cfg, info, name, self.cfg.class_feature)
+    return _Data(name, common.metric_name(name), feature, source, [BACKGROUND_NAME] + list(fg_names))
+
+  def evaluate(self, params, data: _Data) -> dict[str, float]:
+    classifier, _ = build_classifier(self.ctx, params, self.cfg, data.class_names[1:], self.templates)
+    classifier = jax.device_put(classifier, sharding.replicated(self.ctx.mesh))
+    counts = _Counts.zeros([v.name for v in self.variants], len(data.class_names))
+    for batch, valid in common.indexed_batches(data.source, functools.partial(self._convert, data), self.ctx):
+      self._score_batch(params, classifier, data, batch, valid, counts)
+    if counts.num_valid < len(data.source):
+      logging.warning('dense/%s: skipped %d of %d unreadable records.', data.key,
+                      len(data.source) - counts.num_valid, len(data.source))
+    if counts.shown and self.ctx.workdir and jax.process_index() == 0:
+      images = [sources.decode_image(data.source[i]) for i, _, _ in counts.shown]
+      overlays.write_overlays(f'{self.ctx.workdir}/dense_overlays/{data.key}_{self.main.name}', images,
+                              [p for _, p, _ in counts.shown], [g for _, _, g in counts.shown], data.class_names,
+                              self.cfg.ignore_index)
+    return self._results(data, counts)
+
+  def _convert(self, data: _Data, record) -> dict[str, np.ndarray]:
+    """record -> {'image<i>': float32 [S_i, S_i, 3]} at every inference size; the mask is checked here (so an
+    unreadable one drops its image) and read again on the host by index."""
     image = sources.decode_image(record)
     try:
-      mask = read_mask(record, mask_feature)
+      mask = read_mask(record, data.mask_feature)
     except KeyError:
-      raise ValueError(f'data set {name!r} has no mask feature {mask_feature!r}; set '
-                       'config.evals.dense.mask_feature (or the dataset entry "name:feature").') from None
+      raise ConfigError(f'data set {data.name!r} has no mask feature {data.mask_feature!r}; set '
+                        f'{PREFIX}.mask_feature (or the dataset entry "name:feature").') from None
     if mask.shape != image.shape[:2]:
       raise sources.BadRecordError(f'mask shape {mask.shape} != image shape {image.shape[:2]}.')
-    return {f'image{i}': image_spec.eval_view(image) for i, image_spec in enumerate(image_specs)}
+    return {f'image{i}': image_spec.eval_view(image) for i, image_spec in enumerate(self.image_specs)}
 
-  confusions = {v.name: np.zeros((num_classes, num_classes), np.int64) for v in variants}
-  all_bg = np.zeros((num_classes, num_classes), np.int64)
-  true_bg = np.zeros((num_classes, num_classes), np.int64)  # Main variant, background from the ground truth.
-  shown = []  # (record index, prediction, mask) of the first examples, for the overlays.
-  num_valid = 0
-  for batch, valid in retrieval.indexed_batches(source, convert, ctx):
-    scores = [{k: np.asarray(common._gather(v)) for k, v in fn(ctx.params, batch[f'image{i}'], classifier).items()}
-              for i, fn in enumerate(batch_fns)]  # Per scale: {variant name: [B, g, g, 1 + C]}.
-    index = retrieval.gather_index(batch)
+  def _score_batch(self, params, classifier, data: _Data, batch, valid: np.ndarray, counts: '_Counts'):
+    """Adds one batch's predictions of every variant (and the two baselines) to `counts`."""
+    variants, ignore, num_classes = self.variants, self.cfg.ignore_index, len(data.class_names)
+    scores = [{k: np.asarray(common.gather(v)) for k, v in fn(params, batch[f'image{i}'], classifier).items()}
+              for i, fn in enumerate(self.batch_fns)]  # Per scale: {variant name: [B, g, g, 1 + C]}.
+    index = common.gather_index(batch)
     rows = np.flatnonzero(valid)
-    num_valid += len(rows)
-    masks = {int(i): read_mask(source[int(index[i])], mask_feature) for i in rows}
+    counts.num_valid += len(rows)
+    masks = {int(i): read_mask(data.source[int(index[i])], data.mask_feature) for i in rows}
     # Group the rows by mask size: one upsampling call per size (a single group for fixed-size data sets).
     groups: dict[tuple[int, int], list[int]] = {}
     for i in rows:
@@ -378,40 +424,43 @@ def evaluate_dataset(ctx: common.EvalContext, cfg, spec: str) -> dict[str, float
       preds = np.asarray(_upsample_argmax_jit(stacked, size))  # [V, n, H, W]
       gt = np.stack([masks[i] for i in group])
       for v, p in zip(variants, preds):
-        confusions[v.name] += metrics.confusion_matrix(p, gt, num_classes, cfg.ignore_index)
-      all_bg += metrics.confusion_matrix(np.zeros_like(gt), gt, num_classes, cfg.ignore_index)
+        counts.confusions[v.name] += metrics.confusion_matrix(p, gt, num_classes, ignore)
+      counts.all_bg += metrics.confusion_matrix(np.zeros_like(gt), gt, num_classes, ignore)
       fg_pred = np.asarray(_upsample_argmax_jit([s[0, ..., 1:] for s in stacked], size)) + 1  # Best class.
-      true_bg += metrics.confusion_matrix(metrics.with_true_background(fg_pred, gt), gt, num_classes,
-                                          cfg.ignore_index)
+      counts.true_bg += metrics.confusion_matrix(metrics.with_true_background(fg_pred, gt), gt, num_classes,
+                                                 ignore)
       for j, i in enumerate(group):
-        if len(shown) < cfg.num_overlays:
-          shown.append((int(index[i]), preds[0, j], masks[i]))
-  if num_valid < len(source):
-    logging.warning('dense/%s: skipped %d of %d unreadable records.', key, len(source) - num_valid, len(source))
+        if len(counts.shown) < self.cfg.num_overlays:
+          counts.shown.append((int(index[i]), preds[0, j], masks[i]))
 
-  m = metrics.segmentation_metrics(confusions[main.name])
-  results = {f'dense/{key}/miou': m['miou'], f'dense/{key}/pixel_acc': m['pixel_acc'],
-             f'dense/{key}/mean_acc': m['mean_acc'], f'dense/{key}/fg_iou': m['fg_iou'],
-             f'dense/{key}/miou_true_background': metrics.segmentation_metrics(true_bg)['miou']}
-  for cls, iou in zip(class_names, m['iou']):
-    if not np.isnan(iou):
-      results[f'dense/{key}/iou/{re.sub(r"[^A-Za-z0-9.+-]+", "_", cls)}'] = float(iou)
-  if cfg.sweep:
-    for v in variants:
-      sm = metrics.segmentation_metrics(confusions[v.name])
-      results[f'dense/{key}/{v.name}/miou'], results[f'dense/{key}/{v.name}/fg_iou'] = sm['miou'], sm['fg_iou']
-  results[f'dense/{key}/all_background/miou'] = metrics.segmentation_metrics(all_bg)['miou']
-
-  if shown and ctx.workdir and jax.process_index() == 0:
-    images = [sources.decode_image(source[i]) for i, _, _ in shown]
-    overlays.write_overlays(f'{ctx.workdir}/dense_overlays/{key}_{main.name}', images, [p for _, p, _ in shown],
-                            [g for _, _, g in shown], class_names, cfg.ignore_index)
-  return results
+  def _results(self, data: _Data, counts: '_Counts') -> dict[str, float]:
+    key = data.key
+    m = metrics.segmentation_metrics(counts.confusions[self.main.name])
+    results = {f'dense/{key}/miou': m['miou'], f'dense/{key}/pixel_acc': m['pixel_acc'],
+               f'dense/{key}/mean_acc': m['mean_acc'], f'dense/{key}/fg_iou': m['fg_iou'],
+               f'dense/{key}/miou_true_background': metrics.segmentation_metrics(counts.true_bg)['miou']}
+    for cls, iou in zip(data.class_names, m['iou']):
+      if not np.isnan(iou):
+        results[f'dense/{key}/iou/{re.sub(r"[^A-Za-z0-9.+-]+", "_", cls)}'] = float(iou)
+    if self.cfg.sweep:
+      for v in self.variants:
+        sm = metrics.segmentation_metrics(counts.confusions[v.name])
+        results[f'dense/{key}/{v.name}/miou'], results[f'dense/{key}/{v.name}/fg_iou'] = sm['miou'], sm['fg_iou']
+    results[f'dense/{key}/all_background/miou'] = metrics.segmentation_metrics(counts.all_bg)['miou']
+    return results
 
 
-def evaluate(ctx: common.EvalContext, cfg) -> dict[str, float]:
-  """Runs every data set of `cfg.datasets` (entries 'name' or 'name:mask_feature')."""
-  results = {}
-  for spec in cfg.datasets:
-    results.update(evaluate_dataset(ctx, cfg, spec))
-  return results
+@dataclasses.dataclass
+class _Counts:
+  """What one data set's pass accumulates: confusion matrices int64 [C, C] per variant, of the all-background
+  baseline and of the main variant with the true background; the examples shown as overlays."""
+  confusions: dict[str, np.ndarray]
+  all_bg: np.ndarray
+  true_bg: np.ndarray
+  num_valid: int = 0
+  shown: list = dataclasses.field(default_factory=list)  # (record index, prediction [H, W], mask [H, W])
+
+  @classmethod
+  def zeros(cls, variant_names: Sequence[str], num_classes: int) -> '_Counts':
+    zero = lambda: np.zeros((num_classes, num_classes), np.int64)
+    return cls({n: zero() for n in variant_names}, zero(), zero())

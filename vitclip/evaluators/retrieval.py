@@ -5,134 +5,105 @@ image (batched through `ctx.encode_texts`); the similarity is the cosine of the 
 i2t: an image counts as found at k if any of its captions is among its k most similar texts; t2i: a caption
 counts if its image is among its k most similar images. Ties count against the query (see
 `metrics.retrieval_recall`).
+
+With no data set named, the training data set (`config.data.name`) is evaluated when it has the split: what
+any run can evaluate on its own data.
 """
 
 import dataclasses
-import logging
-from typing import Callable, Iterator
 
-import jax
 import numpy as np
+from absl import logging
 
-from vitclip.data import pipeline, sources
+from vitclip.data import sources
+from vitclip.errors import ConfigError
 from vitclip.evaluators import common, metrics
 
 KS = (1, 5, 10)
-
-
-class _Head:
-  """The first n records of a random-access source."""
-
-  def __init__(self, source, n: int):
-    self.source, self.n = source, n
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    if not 0 <= i < self.n:
-      raise IndexError(i)
-    return self.source[i]
-
-
-def load_source(ctx: common.EvalContext, name: str, split: str, max_examples: int = 0):
-  """(source, info) of a split, limited to its first `max_examples` records (0: all). A generated data set
-  ('shapes') is read with the settings of `config.data.shapes`, i.e. the version the model was trained on."""
-  source, info = sources.load_source(name, split, ctx.data_dir, **sources.settings_for(name, ctx.config.data))
-  return limit_source(source, max_examples), info
-
-
-def metric_name(name: str) -> str:
-  """Data set name -> the <dataset> part of metric keys ('shapes/cfg:1.0.0' -> 'shapes_cfg_1.0.0')."""
-  return name.replace('/', '_').replace(':', '_')
-
-
-def limit_source(source, max_examples: int):
-  """The first `max_examples` records of `source` (0 or negative: all)."""
-  if max_examples <= 0 or max_examples >= len(source):
-    return source
-  return _Head(source, int(max_examples))
+PREFIX = 'config.evals.retrieval'
 
 
 @dataclasses.dataclass
-class _Record:
-  index: int
-  record: object
+class _Data:
+  """One data set, opened once per run."""
+  key: str  # <dataset> of the metric keys.
+  source: object
 
 
-class _Indexed:
-  """source[i] -> (i, record), so that the converted example can carry its record index."""
+class Retrieval(common.Evaluator):
+  """i2t_r{1,5,10} / t2i_r{1,5,10} of each data set."""
+  NAME = 'retrieval'
+  NEEDS = ('an image-caption data set, e.g. python -m vitclip.data.folder --images DIR --captions FILE '
+           '--name NAME')
 
-  def __init__(self, source):
-    self.source = source
+  def __init__(self, ctx: common.Context, cfg):
+    super().__init__(ctx, cfg)
+    if not cfg.datasets and self.data:
+      logging.info('retrieval: evaluating the training data set %r (split %r); name others with '
+                   '--config.evals.retrieval.datasets="(\'NAME\',)".', ctx.config.data.name, cfg.split)
 
-  def __len__(self):
-    return len(self.source)
+  @classmethod
+  def specs(cls, cfg, config, data_dir):
+    """`cfg.datasets`; if empty, the training data set when it has `cfg.split` (data_dir None: whenever there
+    is one, since nothing is read)."""
+    if cfg.datasets or not config.data.name:
+      return tuple(cfg.datasets)
+    if data_dir is not None and not common.has_split(config.data.name, cfg.split, config, data_dir):
+      return ()
+    return (config.data.name,)
 
-  def __getitem__(self, i):
-    return _Record(i, self.source[i])
+  @classmethod
+  def skip_reason(cls, cfg, config) -> str:
+    if cfg.datasets or not config.data.name:
+      return super().skip_reason(cfg, config)
+    return (f'the training data set {config.data.name!r} has no split {cfg.split!r} (or is not prepared); set '
+            f'--config.evals.retrieval.split, or add --config.evals.retrieval.datasets="(\'NAME\',)" '
+            f'({cls.NEEDS}).')
 
+  @classmethod
+  def check_config(cls, cfg, config, data_dir):
+    common.check_split(PREFIX, cfg.split)
+    common.check_max_examples(PREFIX, cfg.max_examples)
+    for spec in cfg.datasets:
+      name, feature = common.parse_dataset(spec, '')
+      if feature:
+        raise ConfigError(f'{PREFIX}.datasets entry {spec!r}: retrieval reads the captions of a data set; name '
+                          f'it without ":{feature}".')
+      info = common.check_dataset(f'{PREFIX}.datasets', name, f'{PREFIX}.split', cfg.split, config, data_dir)
+      common.check_feature(f'{PREFIX}.datasets', name, info, ('captions', 'caption'), 'captions')
 
-def indexed_batches(source, convert: Callable[[dict], dict],
-                    ctx: common.EvalContext) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
-  """`pipeline.eval_batches` over `source` whose batches also hold 'index': int32 [B], the record index of
-  every row. Per-example data that cannot be stacked into a device batch (captions, masks of different sizes)
-  is read back on the host by index, for the rows that `valid` marks.
+  def setup(self, name: str, feature: str) -> _Data:
+    del feature
+    source, _ = common.load_source(self.ctx, name, self.cfg.split, self.cfg.max_examples)
+    return _Data(common.metric_name(name), source)
 
-  Yields:
-    (batch, valid) as `pipeline.eval_batches`: batch arrays [ctx.batch_size, ...] sharded over the mesh, valid
-    bool [ctx.batch_size] (False for padding and unreadable records).
-  """
-  def convert_indexed(item: _Record):
-    out = convert(item.record)
-    if out is not None:
-      out = dict(out, index=np.int32(item.index))
-    return out
+  def evaluate(self, params, data: _Data) -> dict[str, float]:
+    ctx, source, key = self.ctx, data.source, data.key
+    image_spec = ctx.image_spec()
 
-  return pipeline.eval_batches(_Indexed(source), convert_indexed, ctx.batch_size, ctx.mesh)
+    def convert(record):
+      image = image_spec.eval_view(sources.decode_image(record))
+      if not sources.decode_captions(record):  # Validated here, so an image and its captions stand or fall together.
+        raise sources.BadRecordError('record has no captions.')
+      return {'image': image}
 
+    embeddings, indices = [], []
+    for batch, valid in common.indexed_batches(source, convert, ctx):
+      embeddings.append(ctx.encode_image_batch(params, batch['image'])[valid])
+      indices.append(common.gather_index(batch)[valid])
+    if not embeddings or not sum(len(i) for i in indices):
+      raise ValueError(f'retrieval/{key}: split {self.cfg.split!r} has no readable examples.')
+    zimg, indices = np.concatenate(embeddings), np.concatenate(indices)
+    if len(indices) < len(source):
+      logging.warning('retrieval/%s: skipped %d of %d unreadable records.', key, len(source) - len(indices),
+                      len(source))
 
-def gather_index(batch) -> np.ndarray:
-  """The 'index' of an `indexed_batches` batch on the host: int [B]."""
-  return np.asarray(common._gather(batch['index']))
-
-
-def evaluate_dataset(ctx: common.EvalContext, cfg, name: str) -> dict[str, float]:
-  source, _ = load_source(ctx, name, cfg.split, cfg.max_examples)
-  key = metric_name(name)
-  image_spec = ctx.image_spec()
-
-  def convert(record):
-    image = image_spec.eval_view(sources.decode_image(record))
-    if not sources.decode_captions(record):  # Validated here, so an image and its captions stand or fall together.
-      raise sources.BadRecordError('record has no captions.')
-    return {'image': image}
-
-  embeddings, indices = [], []
-  for batch, valid in indexed_batches(source, convert, ctx):
-    embeddings.append(ctx.encode_image_batch(batch['image'])[valid])
-    indices.append(gather_index(batch)[valid])
-  if not embeddings or not sum(len(i) for i in indices):
-    raise ValueError(f'retrieval/{key}: split {cfg.split!r} has no readable examples.')
-  zimg, indices = np.concatenate(embeddings), np.concatenate(indices)
-  if len(indices) < len(source):
-    logging.warning('retrieval/%s: skipped %d of %d unreadable records.', key, len(source) - len(indices),
-                    len(source))
-
-  texts, txt_to_img = [], []
-  for row, i in enumerate(indices):
-    captions = sources.decode_captions(source[int(i)])
-    texts += captions
-    txt_to_img += [row] * len(captions)
-  ztxt = ctx.encode_texts(texts)
-  sim = zimg.astype(np.float32) @ ztxt.astype(np.float32).T  # [N_img, N_txt] cosine similarities.
-  recall = metrics.retrieval_recall(sim, np.asarray(txt_to_img), KS)
-  return {f'retrieval/{key}/{k}': v for k, v in recall.items()}
-
-
-def evaluate(ctx: common.EvalContext, cfg) -> dict[str, float]:
-  """Runs every data set of `cfg.datasets` (TFDS names whose records carry images and captions)."""
-  results = {}
-  for name in cfg.datasets:
-    results.update(evaluate_dataset(ctx, cfg, name))
-  return results
+    texts, txt_to_img = [], []
+    for row, i in enumerate(indices):
+      captions = sources.decode_captions(source[int(i)])
+      texts += captions
+      txt_to_img += [row] * len(captions)
+    ztxt = ctx.encode_texts(params, texts)
+    sim = zimg.astype(np.float32) @ ztxt.astype(np.float32).T  # [N_img, N_txt] cosine similarities.
+    recall = metrics.retrieval_recall(sim, np.asarray(txt_to_img), KS)
+    return {f'retrieval/{key}/{k}': v for k, v in recall.items()}

@@ -1,4 +1,10 @@
-"""Prompt template sets for zero-shot classifiers. `{}` is replaced by the class name."""
+"""Prompt template sets for zero-shot classifiers. `{}` is replaced by the class name.
+
+Prompts for one data set (the shapes world's, say) are config values, not sets here: `templates` takes any
+'|'-joined list, and `config.evals.zeroshot.templates_for` overrides it per result key.
+"""
+
+from vitclip.errors import ConfigError
 
 # The 80 prompts of the CLIP ImageNet zero-shot protocol (Radford et al. 2021).
 CLIP80 = (
@@ -28,33 +34,26 @@ CLIP80 = (
 CLIP7 = ('itap of a {}.', 'a bad photo of the {}.', 'a origami {}.', 'a photo of the large {}.',
          'a {} in a video game.', 'art of the {}.', 'a photo of the small {}.')
 
-# For the generated shapes world: class names are shapes ('label') or colours ('color').
-SHAPES = ('a {}.', 'a small {}.', 'a large {}.', 'there is a {}.', 'a picture of a {}.')
+SETS = {'clip80': CLIP80, 'clip7': CLIP7, 'none': ('{}',)}
 
 
-def shapes_color_templates() -> tuple[str, ...]:
-  """Colour prompts ensemble over every shape: 'a {} circle.', 'a {} square.', ..."""
-  from vitclip.data import shapes
-  return tuple(f'a {{}} {shape}.' for shape in shapes.SHAPE_NAMES)
+def get_templates(spec, field: str = 'config.evals.zeroshot.templates') -> tuple[str, ...]:
+  """A set name ('clip80' | 'clip7' | 'none'), an explicit sequence of templates, or templates joined by '|' (a
+  string, so it can be given on the command line: --config.evals.zeroshot.templates='a {}.|a {} photo.').
 
-
-def get_templates(spec, feature: str = 'label') -> tuple[str, ...]:
-  """A set name ('clip80' | 'clip7' | 'none' | 'shapes'), an explicit sequence of templates, or templates joined
-  by '|' (a string, so it can be given on the command line: --config.evals.zeroshot.templates='a {}.|a {} photo.').
+  Raises:
+    ConfigError: an unknown set or a template without '{}', naming `field` (the config field of `spec`).
   """
   if not isinstance(spec, str):
     templates = tuple(spec)
   elif '{}' in spec:
     templates = tuple(t.strip() for t in spec.split('|') if t.strip())
-  elif spec == 'shapes':
-    templates = shapes_color_templates() if feature == 'color' else SHAPES
   else:
-    sets = {'clip80': CLIP80, 'clip7': CLIP7, 'none': ('{}',)}
-    if spec not in sets:
-      raise ValueError(f'template set {spec!r} is unknown; use one of {sorted(sets) + ["shapes"]} or a list '
-                       'of templates containing "{}".')
-    templates = sets[spec]
+    if spec not in SETS:
+      raise ConfigError(f'{field}={spec!r}: template set {spec!r} is unknown; use one of {sorted(SETS)} or '
+                        'templates containing "{}" joined by "|".')
+    templates = SETS[spec]
   bad = [t for t in templates if '{}' not in t]
   if bad or not templates:
-    raise ValueError(f'templates {bad or templates!r} must each contain "{{}}" for the class name.')
+    raise ConfigError(f'{field}: templates {bad or templates!r} must each contain "{{}}" for the class name.')
   return templates
