@@ -63,7 +63,7 @@ def main(argv):
   for spec in cfg.datasets:
     name, feature = common.parse_dataset(spec, cfg.mask_feature)
     source, info = sources.load_source(generated.resolve(name, config.data), cfg.split,
-                                       config_lib.data_dir(config))
+                                       sources.data_dir(config))
     count = len(source) if _MAX.value <= 0 else min(_MAX.value, len(source))
     masks = np.stack([dense.read_mask(source[i], feature) for i in range(count)])
     num_classes = 1 + len(common.classnames_for(cfg, info, name, cfg.class_feature))

@@ -156,21 +156,18 @@ def step_config(args):
 def measure_step(args):
   """AOT-compiles the full train step (abstract state and batch; nothing is allocated or run)."""
   import jax  # pylint: disable=g-import-not-at-top  (after set_device_count)
-  import tempfile
 
-  from vitclip import config as config_lib, sharding, trainer
+  from vitclip import run as run_lib, sharding
   from vitclip.models import count_params
 
-  config = config_lib.resolve(step_config(args))
-  config_lib.validate(config, None, num_devices=args.devices, check_data=False)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:args.devices])
-  run = trainer.build_run(config, tempfile.mkdtemp(), mesh, tokenizer=None)
-  batch_sh = sharding.batch_sharding(mesh)
+  run = run_lib.build(step_config(args), None, devices=jax.devices()[:args.devices], train=False,
+                      check_data=False, with_tokenizer=False)
+  batch_sh = sharding.batch_sharding(run.mesh)
   batch = {'image': jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), 'float32',
                                          sharding=batch_sh),
            'tokens': jax.ShapeDtypeStruct((args.batch, args.text_len), 'int32', sharding=batch_sh)}
   start = time.perf_counter()
-  compiled = trainer.compile_train_step(run).lower(run.abstract_state, batch).compile()
+  compiled = run_lib.compile_train_step(run).lower(run.abstract_state, batch).compile()
   seconds = time.perf_counter() - start
   params = run.abstract_state.params
   result = dict(program='train_step', model=args.model, text_variant=args.text_variant, batch=args.batch,

@@ -6,11 +6,17 @@ devices; tests that need fewer build their mesh from a slice of `jax.devices()`.
 
 import os
 import sys
+import tempfile
 
 _flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
 # Tiny programs: XLA's backend optimizations cost more compile time than they save at run time.
 os.environ['XLA_FLAGS'] = ' '.join(_flags + ['--xla_force_host_platform_device_count=8',
                                              '--xla_backend_optimization_level=0'])
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Many tests build the same tiny programs (train steps, inits) in fresh closures, which jit's in-memory cache
+# cannot share; XLA's persistent cache, keyed by the program itself, can (subprocesses inherit the variable).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='vitclip_test_xla_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # `configs` is a top-level package next to `vitclip`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -124,7 +124,7 @@ def _check_data(config, problems: list):
       problems.append(f'config.data.{generated.GENERATED[name].settings_field}: {e}')
     return
   try:
-    source, _ = sources.load_source(name, config.data.train_split, data_dir(config))
+    source, _ = sources.load_source(name, config.data.train_split, sources.data_dir(config))
     sources.decode_captions(source[0])
   except (FileNotFoundError, ValueError) as e:
     problems.append(f'config.data.name={name!r}: {e}')
@@ -152,6 +152,7 @@ def validate(config, workdir: str | None = None, *, num_devices: int | None = No
   train: a training run (its training data set is needed; evaluation alone reads only the evaluation sets).
   """
   from vitclip import evaluators, losses, sharding
+  from vitclip.data import sources
   num_devices = num_devices or jax.device_count()
   problems = []
   _choice(problems, 'loss.kind', config.loss.kind, tuple(losses.KINDS))
@@ -183,7 +184,7 @@ def validate(config, workdir: str | None = None, *, num_devices: int | None = No
   if check_data and train:
     _check_data(config, problems)
   try:
-    evaluators.check_config(config, data_dir(config) if check_data else None)
+    evaluators.check_config(config, sources.data_dir(config) if check_data else None)
   except ConfigError as e:
     problems.append(str(e))
   if workdir is not None:
@@ -193,11 +194,6 @@ def validate(config, workdir: str | None = None, *, num_devices: int | None = No
       problems.append(str(e))
   if problems:
     raise ConfigError('\n'.join(problems))
-
-
-def data_dir(config) -> str:
-  """The TFDS data dir: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-  return os.path.expanduser(config.data.data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
 
 
 CONFIG_FILE = 'config.json'  # A run's (or a converted model's) full config, next to its checkpoints.

@@ -5,7 +5,7 @@ import re
 import jax
 import optax
 
-from vitclip.config import ConfigError
+from vitclip.errors import ConfigError
 
 
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:

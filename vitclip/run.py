@@ -57,7 +57,7 @@ class Run:
 
   @property
   def data_dir(self) -> str:
-    return config_lib.data_dir(self.config)
+    return sources.data_dir(self.config)
 
 
 def build(config, workdir: str | None, *, devices=None, train: bool = True, check_data: bool = True,
@@ -221,7 +221,7 @@ def prepare_data(config, train: bool = True):
   if jax.process_index() == 0:
     for name in dict.fromkeys(names):
       if generated.is_generated(name):
-        generated.prepare(name, config.data, config_lib.data_dir(config))
+        generated.prepare(name, config.data, sources.data_dir(config))
   _barrier('prepare_data')
 
 
@@ -237,7 +237,7 @@ def setup_tokenizer(config, workdir: str, may_train: bool = True) -> Tokenizer:
                       'holds its tokenizer (eval.py --workdir RUN), or set --config.tokenizer.path.')
   if not os.path.exists(path) and jax.process_index() == 0:
     source, _ = generated.load_source(config.data.name, config.data.train_split, config.data,
-                                      config_lib.data_dir(config))
+                                      sources.data_dir(config))
     n = min(len(source), config.tokenizer.train_captions)
     captions = (c for i in range(n) for c in _captions_or_empty(source, i))
     tok = train_bpe(captions, config.tokenizer.vocab_size, config.tokenizer.lowercase)

@@ -38,13 +38,15 @@ def train(config, workdir: str) -> dict[str, float]:
   step_fn = run_lib.compile_train_step(run)
   writer = MetricsWriter(workdir, resume_step=int(state.step))
   console.print_summary(run, int(state.step), ckpt.directory)
-  with StopSignals() as stop:
-    state = train_loop(run, state, step_fn, data, ckpt, writer, suite, stop)
-  results = suite.run(state.params)
-  writer.write(int(state.step), {'eval/' + k: v for k, v in results.items()})
-  write_eval_results(workdir, results)
-  writer.close()
-  ckpt.close()
+  try:
+    with StopSignals() as stop:
+      state = train_loop(run, state, step_fn, data, ckpt, writer, suite, stop)
+    results = suite.run(state.params)
+    writer.write(int(state.step), {'eval/' + k: v for k, v in results.items()})
+    write_eval_results(workdir, results)
+  finally:  # Also when the run stops early: checkpoints in flight are finished, files closed.
+    writer.close()
+    close_checkpointer(ckpt)
   return results
 
 
@@ -155,6 +157,15 @@ def finish_saves(ckpt: checkpoint_lib.Checkpointer, step: int):
     raise CheckpointWriteError(_write_error(ckpt, step, e)) from None
 
 
+def close_checkpointer(ckpt: checkpoint_lib.Checkpointer):
+  """Finishes pending writes and closes; a write error here was reported by `finish_saves` already, or the run
+  is stopping for another reason that must not be masked."""
+  try:
+    ckpt.close()
+  except OSError as e:
+    logging.error('Closing the checkpointer of %s failed: %s', ckpt.directory, e)
+
+
 def _write_error(ckpt, step: int, error: OSError) -> str:
   steps = checkpoint_lib.Checkpointer.steps_in(ckpt.workdir)
   previous = f'the previous checkpoint (step {steps[-1]}) is intact' if steps else 'no earlier checkpoint exists'
@@ -220,8 +231,9 @@ def evaluate(config, workdir: str, checkpoint_dir: str = '', names=None) -> dict
 
   `config` must describe the checkpoint's model (eval.py takes it from the run's own config.json).
   """
-  run = run_lib.build(config, workdir, train=False)
   source = checkpoint_dir or workdir
+  checkpoint_lib.step_dir(source)  # No checkpoint: say so before building anything.
+  run = run_lib.build(config, workdir, train=False)
   params = checkpoint_lib.restore_params(
       source, run.abstract_state.params,
       fix=f'Evaluate with the config the checkpoint was written with (eval.py --workdir {source}).')

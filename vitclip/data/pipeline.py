@@ -15,7 +15,6 @@ import jax
 import numpy as np
 from PIL import Image
 
-from vitclip import config as config_lib
 from vitclip import sharding
 from vitclip.data import generated, sources
 
@@ -127,7 +126,7 @@ class TrainIterator:
 def make_train_iterator(config, tokenize: Callable[[list[str]], np.ndarray], mesh) -> TrainIterator:
   """Builds the training stream over `config.data.train_split` for this process."""
   source, _ = generated.load_source(config.data.name, config.data.train_split, config.data,
-                                    config_lib.data_dir(config))
+                                    sources.data_dir(config))
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
                      f'{jax.process_count()} processes.')

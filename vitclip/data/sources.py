@@ -32,6 +32,11 @@ class BadRecordError(ValueError):
 # ------------------------------------------------------------------------------------------------- names
 
 
+def data_dir(config) -> str:
+  """The TFDS data dir of a run: config.data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.path.expanduser(config.data.data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+
+
 def parse_name(name: str) -> tuple[str, str | None, str | None]:
   """'name[/config][:version]' -> (name, config or None, version or None)."""
   base, _, version = name.partition(':')

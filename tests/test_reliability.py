@@ -1,0 +1,223 @@
+"""A run never ends in a crash, a lost hour or a silent wrong number: each row of the README's fault table.
+
+Divergence stops with nothing non-finite saved; SIGTERM writes a checkpoint and the rerun continues exactly;
+an unusable latest checkpoint falls back to the previous one; a full disk is one clear error; a workdir
+rerun with another model is refused before anything is written; config mistakes stop before the first step.
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.tiny import tiny_config
+from vitclip import checkpoint as checkpoint_lib
+from vitclip import config as config_lib
+from vitclip import trainer
+from vitclip.data import pipeline
+from vitclip.errors import CheckpointWriteError, ConfigError, Diverged, Preempted
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+def read_losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+
+
+def config(data_dir, **overrides):
+  return tiny_config(data_dir, **{'total_steps': STEPS, 'ckpt_every': 2, **overrides})
+
+
+def stored_params_finite(workdir):
+  for step in checkpoint_lib.Checkpointer.steps_in(workdir):
+    params = checkpoint_lib.restore_params(os.path.join(workdir, 'checkpoints', str(step)),
+                                           _abstract_params(workdir))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params)), step
+
+
+def _abstract_params(workdir):
+  from vitclip import run as run_lib
+  from configs import base
+  run = run_lib.build(run_lib.model_dir_config(workdir, base.get_config()), workdir, train=False,
+                      check_data=False)
+  return run.abstract_state.params
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def reference(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  return workdir, trainer.train(config(data_dir), workdir)
+
+
+# ------------------------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_the_run_and_saves_nothing_non_finite(data_dir, tmp_path):
+  workdir = str(tmp_path / 'diverged')
+  with pytest.raises(Diverged) as e:
+    trainer.train(config(data_dir, **{'optim.lr': 1e39, 'optim.warmup_steps': 0, 'max_skipped_steps': 3,
+                                      'total_steps': 30}), workdir)
+  message = str(e.value)
+  assert 'steps 1-3' in message and 'config.max_skipped_steps' in message and '--config.optim.lr' in message
+  assert e.value.exit_code == 3
+  losses = read_losses(workdir)
+  assert max(losses) <= 3  # Stopped at the third skipped step, not after 30.
+  # The checkpoint of step 2 holds the untouched initial params: no update was applied.
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [2]
+  stored_params_finite(workdir)
+
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+def test_sigterm_saves_and_the_rerun_continues_exactly(data_dir, reference, tmp_path, monkeypatch):
+  ref_dir, ref_results = reference
+  workdir = str(tmp_path / 'preempted')
+  original_next = pipeline.TrainIterator.__next__
+  calls = {'n': 0}
+
+  def next_then_signal(self):
+    calls['n'] += 1
+    if calls['n'] == 3:  # During step 3: the handler only records it; step 3 finishes, then the run saves.
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original_next(self)
+
+  monkeypatch.setattr(pipeline.TrainIterator, '__next__', next_then_signal)
+  with pytest.raises(Preempted) as e:
+    trainer.train(config(data_dir), workdir)
+  assert e.value.exit_code == 128 + signal.SIGTERM
+  assert 'after step 3' in str(e.value) and 'Rerun the same command' in str(e.value)
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [2, 3]
+  monkeypatch.setattr(pipeline.TrainIterator, '__next__', original_next)
+  results = trainer.train(config(data_dir), workdir)
+  got, want = read_losses(workdir), read_losses(ref_dir)
+  assert sorted(got) == sorted(want)
+  np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], rtol=1e-5, atol=1e-6)
+  assert results == pytest.approx(ref_results, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(data_dir, reference, tmp_path, capsys):
+  import shutil
+  ref_dir, ref_results = reference
+  workdir = str(tmp_path / 'corrupt')
+  shutil.copytree(ref_dir, workdir)
+  # The array data of the checkpoint: orbax's merged OCDBT store keeps it in state/d/ (the per-process stores
+  # under ocdbt.process_*/ are not read once merged).
+  data_dir_ = os.path.join(workdir, 'checkpoints', str(STEPS), 'state', 'd')
+  biggest = max((os.path.join(data_dir_, f) for f in os.listdir(data_dir_)), key=os.path.getsize)
+  with open(biggest, 'r+b') as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  results = trainer.train(config(data_dir, total_steps=STEPS), workdir)  # Resumes from step 4, redoes 5-6.
+  out = capsys.readouterr().out
+  assert f'checkpoint {STEPS} is unusable' in out and 'previous checkpoint is used' in out
+  assert os.path.isdir(os.path.join(workdir, checkpoint_lib.UNUSABLE, str(STEPS)))  # Kept for inspection.
+  assert results == pytest.approx(ref_results, abs=1e-5)
+  np.testing.assert_allclose(read_losses(workdir)[STEPS], read_losses(ref_dir)[STEPS], rtol=1e-5)
+
+
+def test_non_finite_checkpoint_is_not_restored(data_dir, reference, tmp_path):
+  ref_dir, _ = reference
+  run = trainer.run_lib.build(config(data_dir), str(tmp_path / 'w'))
+  ckpt = checkpoint_lib.Checkpointer(ref_dir)
+  good = ckpt.restore(run.abstract_state)
+  bad = good.replace(params=jax.tree.map(lambda x: x * np.nan, good.params))
+  target = checkpoint_lib.Checkpointer(str(tmp_path / 'nan'))
+  target.save(1, good, force=True)
+  target.save(2, bad, force=True)
+  target.wait()
+  restored = checkpoint_lib.Checkpointer(str(tmp_path / 'nan')).restore(run.abstract_state)
+  assert int(restored.step) == int(good.step)
+  assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'nan')) == [1]
+
+
+def test_disk_full_during_a_save_is_one_clear_error(data_dir, tmp_path, monkeypatch):
+  def full(self, step, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, 'save', full)
+  with pytest.raises(CheckpointWriteError) as e:
+    trainer.train(config(data_dir), str(tmp_path / 'full'))
+  assert e.value.exit_code == 4
+  assert 'Could not write checkpoint 2' in str(e.value) and 'No space left on device' in str(e.value)
+  assert 'no earlier checkpoint exists' in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------- workdir contract
+
+
+def test_workdir_rerun_with_another_model_is_refused_before_writing(data_dir, reference):
+  ref_dir, _ = reference
+  path = os.path.join(ref_dir, config_lib.CONFIG_FILE)
+  before = open(path).read()
+  for overrides, fields in (({'model.embed_dim': 64}, ['model.embed_dim: 32 in', '64 now']),
+                            ({'tokenizer.vocab_size': 500}, ['tokenizer.vocab_size: 300 in', '500 now']),
+                            ({'data.shapes.seed': 1}, ['data.shapes.seed'])):
+    with pytest.raises(ConfigError) as e:
+      trainer.train(config(data_dir, **overrides), ref_dir)
+    for field in fields:
+      assert field in str(e.value)
+    assert open(path).read() == before  # config.json untouched.
+
+
+def test_workdir_rerun_with_more_steps_is_allowed_and_recorded(data_dir, reference, tmp_path):
+  import shutil
+  ref_dir, _ = reference
+  workdir = str(tmp_path / 'longer')
+  shutil.copytree(ref_dir, workdir)
+  trainer.train(config(data_dir, total_steps=STEPS + 1), workdir)
+  assert max(read_losses(workdir)) == STEPS + 1
+  with open(os.path.join(workdir, 'config_changes.jsonl')) as f:
+    change = json.loads(f.readline())
+  assert change['total_steps'] == [STEPS, STEPS + 1]
+
+
+# ------------------------------------------------------------------------------------------ fail early
+
+
+@pytest.mark.parametrize('overrides, fragment', [
+    ({'ckpt_every': 0}, 'config.ckpt_every=0 must be an integer >= 1'),
+    ({'log_every': 0}, 'config.log_every=0'),
+    ({'total_steps': -5}, 'config.total_steps=-5'),
+    ({'model.image.variant': 'tiny'}, "config.model.image.variant='tiny' has no patch size"),
+    ({'model.dtype': 'float17'}, "config.model.dtype='float17' is unknown"),
+    ({'optim.schedule': 'linear'}, "config.optim.schedule='linear' is unknown"),
+    ({'evals.names': ('zeroshot', 'nope')}, 'nope'),
+    ({'evals.dense.method': 'magic', 'evals.names': ('dense',)}, 'magic'),
+    ({'evals.zeroshot.datasets': ('no_such_set',)}, 'no_such_set'),
+    ({'tokenizer.path': '/no/such/tokenizer.json'}, "config.tokenizer.path='/no/such/tokenizer.json'"),
+    ({'init_from': '/no/such/run'}, "config.init_from='/no/such/run'"),
+])
+def test_mistakes_stop_before_anything_is_built(data_dir, tmp_path, overrides, fragment):
+  workdir = tmp_path / 'w'
+  with pytest.raises(ConfigError) as e:
+    trainer.train(config(data_dir, **overrides), str(workdir))
+  assert fragment in str(e.value)
+  assert not (workdir / 'checkpoints').exists() and not (workdir / config_lib.CONFIG_FILE).exists()
+
+
+def test_cli_unknown_evaluator_fails_fast_with_one_line(data_dir, tmp_path):
+  start = time.perf_counter()
+  proc = subprocess.run(
+      [sys.executable, 'train.py', '--config', f'tests/tiny.py:{data_dir}', '--workdir', str(tmp_path / 'w'),
+       "--config.evals.names=('zeroshot','zeroshoot')"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'zeroshoot' in proc.stderr and 'Traceback' not in proc.stderr
+  assert time.perf_counter() - start < 30
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
