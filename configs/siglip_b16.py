@@ -9,24 +9,20 @@ no CLS token, a learned position embedding, MAP-head pooling whose output is the
 Adam's b2 = 0.95 for stability at large batches.
 """
 
-from configs import base
+from configs import base, common
 from vitclip import config as config_lib
 
-KNOBS = dict(data='', batch=32_768, steps=10_000, lr=1e-3, warmup=1_000, loss='sigmoid', impl='ring', res=224,
-             dtype='bfloat16', remat='full')
+KNOBS = dict(  # common.ABLATION_KNOBS with this config's defaults.
+    data='', batch=32_768, steps=10_000, lr=1e-3, warmup=1_000, loss='sigmoid', impl='ring', res=224,
+    dtype='bfloat16', remat='full')
 
 
 def get_config(arg=None):
   k = config_lib.parse_arg(arg, **KNOBS)
-  c = base.get_config()
-  c.data.name = k.data
-  c.batch_size, c.total_steps = k.batch, k.steps
-  c.optim.lr, c.optim.warmup_steps = k.lr, k.warmup
+  c = common.apply_knobs(base.get_config(), k)
   c.optim.b2, c.optim.weight_decay = 0.95, 1e-4
-  c.loss.kind, c.loss.impl = k.loss, k.impl
   c.model.embed_dim = 768
-  c.model.dtype, c.model.remat_policy = k.dtype, k.remat
-  c.model.image.update(variant='B/16', image_size=k.res, cls_token=False, posemb='learn', pool='map',
+  c.model.image.update(variant='B/16', cls_token=False, posemb='learn', pool='map',
                        act='gelu_tanh', head='none')
   c.model.text.update(variant='B', max_len=64, causal=False, mask_pad=False, pool='final', act='gelu_tanh',
                       head='linear', head_bias=True)
