@@ -20,3 +20,22 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # `configs` is a top-level package next to `vitclip`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+import pytest  # noqa: E402  (after the environment above is set)
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """One generated tiny shapes data set for every test that trains (tests/tiny.py)."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tiny_data_dir, tmp_path_factory):
+  """(workdir, final evaluation) of one uninterrupted tiny run: 8 steps, checkpoints at 4 and 8. Tests that
+  interrupt, corrupt or resume a run compare against it; tests must not modify this workdir (copy it)."""
+  from tests.tiny import tiny_config
+  from vitclip import trainer
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  return workdir, trainer.train(tiny_config(tiny_data_dir), workdir)

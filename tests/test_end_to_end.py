@@ -25,16 +25,14 @@ def read_metrics(workdir):
   return {r['step']: r for r in rows if 'loss' in r}
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+@pytest.fixture
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  results = trainer.train(tiny_config(data_dir), workdir)
-  return workdir, results
+@pytest.fixture
+def uninterrupted(tiny_run):
+  return tiny_run
 
 
 def test_outputs_of_a_run(uninterrupted):

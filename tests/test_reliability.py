@@ -8,6 +8,7 @@ rerun with another model is refused before anything is written; config mistakes 
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.tiny import tiny_config
+from tests.tiny import tiny_config as config
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import trainer
@@ -25,16 +26,12 @@ from vitclip.data import pipeline
 from vitclip.errors import CheckpointWriteError, ConfigError, Diverged, Preempted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 6
+STEPS = 8  # tests/tiny.py: 8 steps, checkpoints at 4 and 8 (the session's `tiny_run`).
 
 
 def read_losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
-
-
-def config(data_dir, **overrides):
-  return tiny_config(data_dir, **{'total_steps': STEPS, 'ckpt_every': 2, **overrides})
 
 
 def stored_params_finite(workdir):
@@ -52,32 +49,45 @@ def _abstract_params(workdir):
   return run.abstract_state.params
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+@pytest.fixture
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
-@pytest.fixture(scope='module')
-def reference(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  return workdir, trainer.train(config(data_dir), workdir)
+@pytest.fixture
+def reference(tiny_run):
+  return tiny_run
+
+
+def copy_of(run_dir, workdir):
+  shutil.copytree(run_dir, workdir)
+  return workdir
 
 
 # ------------------------------------------------------------------------------------------- divergence
 
 
-def test_divergence_stops_the_run_and_saves_nothing_non_finite(data_dir, tmp_path):
+def test_divergence_stops_the_run_and_saves_nothing_non_finite(data_dir, tmp_path, monkeypatch):
+  """NaN inputs from step 2 on: every such step is skipped (nothing applied), the checkpoint of step 4 holds
+  finite params, and the fifth non-finite step in a row (step 6) stops the run."""
   workdir = str(tmp_path / 'diverged')
+  original_next = pipeline.TrainIterator.__next__
+  calls = {'n': 0}
+
+  def poisoned_next(self):
+    calls['n'] += 1
+    batch = original_next(self)
+    return batch if calls['n'] < 2 else {**batch, 'image': batch['image'] * np.nan}
+
+  monkeypatch.setattr(pipeline.TrainIterator, '__next__', poisoned_next)
   with pytest.raises(Diverged) as e:
-    trainer.train(config(data_dir, **{'optim.lr': 1e39, 'optim.warmup_steps': 0, 'max_skipped_steps': 3,
-                                      'total_steps': 30}), workdir)
+    trainer.train(config(data_dir, max_skipped_steps=5), workdir)
   message = str(e.value)
-  assert 'steps 1-3' in message and 'config.max_skipped_steps' in message and '--config.optim.lr' in message
+  assert 'steps 2-6' in message and 'config.max_skipped_steps' in message and '--config.optim.lr' in message
+  assert 'the last checkpoint is step 4' in message
   assert e.value.exit_code == 3
-  losses = read_losses(workdir)
-  assert max(losses) <= 3  # Stopped at the third skipped step, not after 30.
-  # The checkpoint of step 2 holds the untouched initial params: no update was applied.
-  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [2]
+  assert max(read_losses(workdir)) == 6  # Stopped at the fifth skip in a row.
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [4]
   stored_params_finite(workdir)
 
 
@@ -101,7 +111,7 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(data_dir, reference, tmp_
     trainer.train(config(data_dir), workdir)
   assert e.value.exit_code == 128 + signal.SIGTERM
   assert 'after step 3' in str(e.value) and 'Rerun the same command' in str(e.value)
-  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [2, 3]
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [3]
   monkeypatch.setattr(pipeline.TrainIterator, '__next__', original_next)
   results = trainer.train(config(data_dir), workdir)
   got, want = read_losses(workdir), read_losses(ref_dir)
@@ -114,17 +124,15 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(data_dir, reference, tmp_
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(data_dir, reference, tmp_path, capsys):
-  import shutil
   ref_dir, ref_results = reference
-  workdir = str(tmp_path / 'corrupt')
-  shutil.copytree(ref_dir, workdir)
+  workdir = copy_of(ref_dir, str(tmp_path / 'corrupt'))
   # The array data of the checkpoint: orbax's merged OCDBT store keeps it in state/d/ (the per-process stores
   # under ocdbt.process_*/ are not read once merged).
   data_dir_ = os.path.join(workdir, 'checkpoints', str(STEPS), 'state', 'd')
   biggest = max((os.path.join(data_dir_, f) for f in os.listdir(data_dir_)), key=os.path.getsize)
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  results = trainer.train(config(data_dir, total_steps=STEPS), workdir)  # Resumes from step 4, redoes 5-6.
+  results = trainer.train(config(data_dir), workdir)  # Resumes from step 4, redoes 5-8.
   out = capsys.readouterr().out
   assert f'checkpoint {STEPS} is unusable' in out and 'previous checkpoint is used' in out
   assert os.path.isdir(os.path.join(workdir, checkpoint_lib.UNUSABLE, str(STEPS)))  # Kept for inspection.
@@ -154,7 +162,7 @@ def test_disk_full_during_a_save_is_one_clear_error(data_dir, tmp_path, monkeypa
   with pytest.raises(CheckpointWriteError) as e:
     trainer.train(config(data_dir), str(tmp_path / 'full'))
   assert e.value.exit_code == 4
-  assert 'Could not write checkpoint 2' in str(e.value) and 'No space left on device' in str(e.value)
+  assert 'Could not write checkpoint 4' in str(e.value) and 'No space left on device' in str(e.value)
   assert 'no earlier checkpoint exists' in str(e.value)
 
 
@@ -175,16 +183,15 @@ def test_workdir_rerun_with_another_model_is_refused_before_writing(data_dir, re
     assert open(path).read() == before  # config.json untouched.
 
 
-def test_workdir_rerun_with_more_steps_is_allowed_and_recorded(data_dir, reference, tmp_path):
-  import shutil
-  ref_dir, _ = reference
-  workdir = str(tmp_path / 'longer')
-  shutil.copytree(ref_dir, workdir)
-  trainer.train(config(data_dir, total_steps=STEPS + 1), workdir)
-  assert max(read_losses(workdir)) == STEPS + 1
+def test_workdir_rerun_with_other_logging_is_allowed_and_recorded(data_dir, reference, tmp_path):
+  ref_dir, ref_results = reference
+  workdir = copy_of(ref_dir, str(tmp_path / 'relogged'))
+  assert trainer.train(config(data_dir, log_every=2, keep_ckpts=5), workdir) == pytest.approx(ref_results)
   with open(os.path.join(workdir, 'config_changes.jsonl')) as f:
     change = json.loads(f.readline())
-  assert change['total_steps'] == [STEPS, STEPS + 1]
+  assert change == {'keep_ckpts': [3, 5], 'log_every': [1, 2]}
+  with open(os.path.join(workdir, config_lib.CONFIG_FILE)) as f:
+    assert json.load(f)['log_every'] == 2
 
 
 # ------------------------------------------------------------------------------------------ fail early
