@@ -4,7 +4,8 @@ r"""Regenerates the README's Quickstart and shapes evaluation tables from scratc
 
 For every (loss, seed): the Quickstart training command (the data set is generated on first use into
 OUT/tfds, so the first run's time includes it), then `eval.py --workdir RUN` with zero-shot (shape and
-colour), retrieval and dense probing on validation and on test. Prints markdown tables and writes
+colour), retrieval and dense probing on validation and on test. Training runs in a pseudo-terminal, so
+OUT/<loss>_seed<seed>_terminal.txt is what the Quickstart shows a person. Prints a markdown table and writes
 OUT/readme_numbers.json. Finished runs are reused (rerun the script to print the tables again); the wall
 times are those of the run that trained.
 """
@@ -12,6 +13,7 @@ times are those of the run that trained.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -21,10 +23,13 @@ EVALS = "--config.evals.names=('zeroshot','retrieval','dense')"
 ZEROSHOT = "--config.evals.zeroshot.datasets=('shapes','shapes:color')"
 
 
-def run(cmd, env, log):
-  """Runs `cmd` from the repository root; returns wall seconds. Output goes to `log`."""
+def run(cmd, env, log, terminal=False):
+  """Runs `cmd` from the repository root; returns wall seconds. Output goes to `log`; with `terminal`, through
+  a pseudo-terminal (util-linux `script`), so `log` is what a person at a terminal sees."""
   start = time.perf_counter()
-  with open(log, 'w') as f:
+  if terminal:
+    cmd = ['script', '-q', '-e', '-c', ' '.join(shlex.quote(c) for c in cmd), log]
+  with open(os.devnull if terminal else log, 'w') as f:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
   if proc.returncode:
     sys.exit(f'{" ".join(cmd)} failed with status {proc.returncode}; see {log}')
@@ -43,7 +48,7 @@ def cell(out, env, loss, seed):
     return read(record)
   train = [sys.executable, 'train.py', '--config', f'configs/shapes.py:{loss}', '--workdir', workdir,
            f'--config.seed={seed}']
-  seconds = run(train, env, os.path.join(out, f'{loss}_seed{seed}_train.log'))
+  seconds = run(train, env, os.path.join(out, f'{loss}_seed{seed}_terminal.txt'), terminal=True)
   result = {'loss': loss, 'seed': seed, 'train_wall_s': round(seconds, 1),
             'train_command': ' '.join(train[1:])}
   for split in ('validation', 'test'):

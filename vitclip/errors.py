@@ -27,3 +27,7 @@ class Preempted(RunStopped):
 class CheckpointWriteError(RunStopped):
   """A checkpoint could not be written (disk full, permissions); the previous checkpoints are intact."""
   exit_code = 4
+
+
+class MissingFileError(ConfigError, FileNotFoundError):
+  """A file or directory the config names does not exist (a ConfigError that is also a FileNotFoundError)."""

@@ -27,7 +27,7 @@ from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import evaluators, init_from, optim, sharding
 from vitclip.data import generated, sources
-from vitclip.errors import ConfigError
+from vitclip.errors import ConfigError, MissingFileError
 from vitclip.models import build_model, init_params
 from vitclip.tokenizer import Tokenizer, train_bpe
 from vitclip.train_step import TrainState, make_train_step
@@ -119,7 +119,7 @@ def _with_init_from_tokenizer(config):
     try:
       source = init_from.source_config(config)
     except FileNotFoundError as e:
-      raise ConfigError(f'config.init_from={config.init_from!r}: {e}') from None
+      raise MissingFileError(f'config.init_from={config.init_from!r}: {e}') from None
     with config.unlocked():
       config.tokenizer.path = source.tokenizer.path
       config.tokenizer.kind = source.tokenizer.kind
