@@ -28,7 +28,8 @@ def run(cmd, env, log, terminal=False):
   a pseudo-terminal (util-linux `script`), so `log` is what a person at a terminal sees."""
   start = time.perf_counter()
   if terminal:
-    cmd = ['script', '-q', '-e', '-c', ' '.join(shlex.quote(c) for c in cmd), log]
+    # A pseudo-terminal starts 0 columns wide, where progress bars draw nothing: give it a common size.
+    cmd = ['script', '-q', '-e', '-c', 'stty cols 100 rows 40; ' + ' '.join(shlex.quote(c) for c in cmd), log]
   with open(os.devnull if terminal else log, 'w') as f:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
   if proc.returncode:

@@ -98,3 +98,44 @@ def test_eval_cli_writes_results(uninterrupted, data_dir):
 def test_missing_checkpoint_is_a_clear_error(data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     trainer.evaluate(tiny_config(data_dir), str(tmp_path / 'empty'))
+
+
+def test_python_api_reproduces_the_runs_zero_shot(uninterrupted, data_dir):
+  """vitclip.load(RUN) -> preprocess, encode_image, zero_shot_classifier: shape top-1 on the test split equals
+  the run's own evaluation."""
+  import vitclip
+  from configs import shapes as shapes_config
+  from vitclip.data import generated, shapes, sources
+  workdir, results = uninterrupted
+  model, params, tokenizer, preprocess = vitclip.load(workdir)
+  assert model.img.image_size == 32 and tokenizer.vocab_size == model.txt.vocab_size
+  config = tiny_config(data_dir)
+  source, _ = generated.load_source('shapes', config.evals.zeroshot.split, config.data, data_dir)
+  records = [source[i] for i in range(len(source))]
+  images = np.stack([preprocess(sources.decode_image(r)) for r in records])
+  labels = np.array([r['label'] for r in records])
+  classifier = vitclip.zero_shot_classifier(model, params, tokenizer, list(shapes.SHAPE_NAMES),
+                                            shapes_config.TEMPLATES)
+  predicted = np.asarray(vitclip.encode_image(model, params, images) @ classifier.T).argmax(-1)
+  assert np.mean(predicted == labels) == pytest.approx(results['zeroshot/shapes/top1'], abs=1e-6)
+  text = vitclip.encode_text(model, params, tokenizer, ['a red circle.', 'a star.'])
+  assert text.shape == (2, model.img.embed_dim) and np.allclose(np.linalg.norm(text, axis=-1), 1, atol=1e-5)
+
+
+def test_eval_cli_takes_the_run_from_its_own_config(uninterrupted, data_dir, tmp_path):
+  """`eval.py --workdir RUN` with no --config: the run's 32 px model, its tokenizer and data settings (tests/tiny.py
+  differs from configs/base.py in all of them) give the run's own numbers; a conflicting model override is
+  refused with both values."""
+  workdir, results = uninterrupted
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  out = str(tmp_path / 'out')
+  proc = subprocess.run([sys.executable, 'eval.py', '--workdir', out, '--checkpoint_dir', workdir], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, 'eval_results.json')) as f:
+    assert json.load(f) == pytest.approx(results, abs=1e-5)
+  proc = subprocess.run([sys.executable, 'eval.py', '--workdir', out, '--checkpoint_dir', workdir,
+                         '--config.model.image.image_size=48'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=env)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert '--config.model.image.image_size=48 conflicts with model.image.image_size=32' in proc.stderr

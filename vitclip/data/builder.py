@@ -44,6 +44,9 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     logging.info('Writing %s/%s into %s', self.name, self.builder_config.name if self.builder_config else '',
                  self.data_dir)
 
+  def _log_download_done(self):
+    logging.info('Wrote %s into %s', self.name, self.data_dir)
+
   def _example_writer(self):
     return FastArrayRecordWriter(self.info.file_format)
 
