@@ -409,7 +409,8 @@ def main(argv: Iterable[str] | None = None) -> ImportReport:
     print(f'zero-shot: --config.data.data_dir={data_dir} --config.evals.zeroshot.datasets="(\'{args.name}\',)" '
           '--config.evals.zeroshot.templates=clip80')
   else:
-    print(f'train: --config.data.data_dir={data_dir} --config.data.name={args.name}')
+    print(f'train: python train.py --config configs/shapes.py:data={args.name} --config.data.data_dir={data_dir} '
+          '--workdir DIR   (or configs/clip_b16.py:data=NAME, configs/siglip_b16.py:data=NAME)')
   return report
 
 
