@@ -133,8 +133,8 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(data_dir, refere
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
   results = trainer.train(config(data_dir), workdir)  # Resumes from step 4, redoes 5-8.
-  out = capsys.readouterr().out
-  assert f'checkpoint {STEPS} is unusable' in out and 'previous checkpoint is used' in out
+  err = capsys.readouterr().err
+  assert f'checkpoint {STEPS} of' in err and 'is unusable' in err and 'previous checkpoint is used' in err
   assert os.path.isdir(os.path.join(workdir, checkpoint_lib.UNUSABLE, str(STEPS)))  # Kept for inspection.
   assert results == pytest.approx(ref_results, abs=1e-5)
   np.testing.assert_allclose(read_losses(workdir)[STEPS], read_losses(ref_dir)[STEPS], rtol=1e-5)

@@ -13,8 +13,8 @@ import shutil
 import grain
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
+from vitclip import console
 from vitclip.errors import ConfigError
 from vitclip.optim import path_str
 from vitclip.train_step import all_finite
@@ -69,10 +69,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except  # Any read failure means: try the previous one.
         reason = _one_line(e)
         errors.append(f'step {step}: {reason}')
-        logging.warning('Checkpoint %d of %s is unusable (%s); moved to %s/%d, trying the previous one.', step,
-                        self.directory, reason, UNUSABLE, step)
-        print(f'Warning: checkpoint {step} is unusable ({reason}); it was moved to {UNUSABLE}/{step} and the '
-              'previous checkpoint is used.', flush=True)
+        console.warn(f'checkpoint {step} of {self.directory} is unusable ({reason}); it was moved to '
+                     f'{UNUSABLE}/{step} and the previous checkpoint is used.')
         self._move_aside(step)
     raise ConfigError(f'no checkpoint of {self.directory} can be restored ({"; ".join(errors)}); they were moved '
                       f'to {os.path.join(self.workdir, UNUSABLE)}. Use a new --workdir, or move a checkpoint back '

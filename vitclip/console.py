@@ -22,6 +22,8 @@ class _TerminalFilter(py_logging.Filter):
   jax's backend probes) does not."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    if getattr(record, 'file_only', False):  # Also printed for the person (`say`, `warn`): once is enough.
+      return False
     ours = os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
     return record.levelno >= (py_logging.WARNING if ours else py_logging.ERROR)
 
@@ -54,7 +56,12 @@ def say(text: str):
     print(text, flush=True)
 
 
+FILE_ONLY = {'extra': {'file_only': True}}  # logging kwargs: to the log file, not the terminal.
+
+
 def warn(text: str):
+  """A warning for the person at the terminal, and the same line in the log file."""
+  logging.warning('%s', text, **FILE_ONLY)
   if _active():
     print(f'Warning: {text}', file=sys.stderr, flush=True)
 

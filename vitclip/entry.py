@@ -51,9 +51,10 @@ def _flag_error(error: BaseException) -> str:
 
 
 def _exit(message: str, code: int, log: bool = True):
-  if log:  # Into the run's log file (setup_logging routes it there); the terminal gets the print below.
+  if log:  # Into the run's log file; the terminal gets the print below.
     from absl import logging
-    logging.error('%s', message)
+    from vitclip import console
+    logging.error('%s', message, **console.FILE_ONLY)
   print(message, file=sys.stderr, flush=True)
   sys.exit(code)
 

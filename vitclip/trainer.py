@@ -124,7 +124,6 @@ class SkipStreak:
     self.run += 1
     self.total += 1
     loss = float(metrics['loss'])
-    logging.warning('Step %d skipped: non-finite loss, gradient, update or params (loss %s).', step, loss)
     console.warn(f'step {step} skipped: non-finite loss, gradient, update or params (loss {loss:.4g}); the '
                  'params were not updated.')
     if self.run >= self.limit:
