@@ -155,6 +155,20 @@ def test_non_finite_checkpoint_is_not_restored(data_dir, reference, tmp_path):
   assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'nan')) == [1]
 
 
+def test_when_no_checkpoint_restores_nothing_is_moved(data_dir, reference, tmp_path):
+  """Every checkpoint failing (here: all non-finite; in practice, code that no longer matches them) is one
+  ConfigError, and the checkpoints stay where they are."""
+  ref_dir, _ = reference
+  run = trainer.run_lib.build(config(data_dir), str(tmp_path / 'w'))
+  good = checkpoint_lib.Checkpointer(ref_dir).restore(run.abstract_state)
+  target = checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad'))
+  target.save(2, good.replace(params=jax.tree.map(lambda x: x * np.nan, good.params)), force=True)
+  target.wait()
+  with pytest.raises(ConfigError, match='step 2: ValueError: it holds non-finite values.*nothing was moved'):
+    checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad')).restore(run.abstract_state)
+  assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'all_bad')) == [2]
+
+
 def test_disk_full_during_a_save_is_one_clear_error(data_dir, tmp_path, monkeypatch):
   def full(self, step, *args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -3,8 +3,8 @@
 Orbax writes each step into a temporary directory and renames it when complete, so an interrupted save never
 leaves a half-written checkpoint that `latest_step()` would pick up. The trainer never saves a state with a
 non-finite value, and `restore` checks what it read: a checkpoint that fails to restore or holds a non-finite
-value is reported in one line, moved aside to `checkpoints_unusable/<step>` (kept, not deleted), and the
-previous one is tried.
+value is skipped and the previous one tried; once one restores, the skipped ones are reported in one line each
+and moved aside to `checkpoints_unusable/<step>` (kept, not deleted).
 """
 
 import os
@@ -54,27 +54,30 @@ class Checkpointer:
     """Restores into `abstract_state` (ShapeDtypeStructs carrying target shardings); the mesh may differ from
     the one the checkpoint was written with. `data_iterator` is restored in place when given.
 
-    Without `step`: the latest usable checkpoint; unusable ones are moved aside with a warning (module doc).
-    Raises ConfigError when no checkpoint can be restored.
+    Without `step`: the latest usable checkpoint. Unusable ones newer than it are moved aside with a warning
+    (module doc). When none can be restored (e.g. the code no longer matches every checkpoint), nothing is moved
+    and a ConfigError lists the reasons.
     """
     if step is not None:
       return self._restore(step, abstract_state, data_iterator)
-    errors = []
+    failed = []  # (step, reason), newest first.
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         state = self._restore(step, abstract_state, data_iterator)
         if not bool(is_finite(state)):
           raise ValueError('it holds non-finite values')
-        return state
       except Exception as e:  # pylint: disable=broad-except  # Any read failure means: try the previous one.
-        reason = _one_line(e)
-        errors.append(f'step {step}: {reason}')
-        console.warn(f'checkpoint {step} of {self.directory} is unusable ({reason}); it was moved to '
-                     f'{UNUSABLE}/{step} and the previous checkpoint is used.')
-        self._move_aside(step)
-    raise ConfigError(f'no checkpoint of {self.directory} can be restored ({"; ".join(errors)}); they were moved '
-                      f'to {os.path.join(self.workdir, UNUSABLE)}. Use a new --workdir, or move a checkpoint back '
-                      'if you know it is good.')
+        failed.append((step, _one_line(e)))
+        continue
+      for bad, reason in failed:  # Only now: a usable checkpoint shows the newer ones are damaged.
+        console.warn(f'checkpoint {bad} of {self.directory} is unusable ({reason}); it was moved to '
+                     f'{UNUSABLE}/{bad} and the previous checkpoint is used.')
+        self._move_aside(bad)
+      return state
+    reasons = '; '.join(f'step {s}: {r}' for s, r in failed)
+    raise ConfigError(f'no checkpoint of {self.directory} can be restored ({reasons}); nothing was moved. If the '
+                      'code or config changed since they were written, restore them with the matching version, or '
+                      'use a new --workdir.')
 
   def _restore(self, step: int, abstract_state, data_iterator):
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
