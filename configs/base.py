@@ -102,6 +102,32 @@ def get_config(arg=None):
   # SigLIP (Zhai et al. 2023). Configs may change them for one kind, e.g. loss.init_by_kind.sigmoid.b_init.
   c.loss.init_by_kind = ml_collections.ConfigDict({k: copy.deepcopy(v.init) for k, v in losses.KINDS.items()})
 
+  # ---------------------------------------------------- image token masking
+  # FLIP (Li et al. 2023): in training only, drop a random `mask_ratio` of the image patch tokens after the
+  # position embedding (a fresh mask per example and step); evaluation always sees every token.
+  c.flip = ml_collections.ConfigDict()
+  c.flip.mask_ratio = 0.0  # 0 = off; the paper uses 0.5 and 0.75.
+  c.flip.unmasked_steps = 0  # The last N steps train on every token (FLIP's unmasked tuning); 0 = none.
+
+  # A-CLIP (Yang et al. 2023, Attentive Mask CLIP): an EMA copy of the image tower scores the patches by the
+  # attention they receive; two masked views keep the best-scored tokens; auxiliary SimCLR and BYOL losses.
+  # See vitclip/aclip.py. Paper defaults.
+  c.aclip = ml_collections.ConfigDict()
+  c.aclip.enabled = False
+  c.aclip.keep_ratio = 0.5  # Fraction of the patch tokens each masked view keeps.
+  c.aclip.unit = 2  # Tokens are kept or dropped in unit x unit blocks of the patch grid (2 x 2 in the paper).
+  c.aclip.selection = 'high'  # 'high' (best-scored) | 'low' | 'mixture' (half best-scored, half random)
+  c.aclip.view_crop_scale = (0.5, 1.0)  # Area range of the two views' random crops (their union is scored).
+  c.aclip.score_scale = 1.0  # The EMA tower scores the union view at this fraction of the resolution (eff: 0.5).
+  c.aclip.ema_momentum = 0.996  # EMA momentum at step 0; rises to ema_momentum_end on a cosine.
+  c.aclip.ema_momentum_end = 1.0
+  c.aclip.clip_weight = 0.5  # Weight of the image-text loss of each of the two views.
+  c.aclip.simclr_weight = 1.0  # Cross-view InfoNCE between the two masked views.
+  c.aclip.simclr_temperature = 0.1
+  c.aclip.byol_weight = 2.0  # Online view (through the predictor) vs the EMA tower's embedding of the image.
+  c.aclip.mlp_hidden = 4096  # Hidden width of the SimCLR projection and the BYOL predictor MLPs.
+  c.aclip.mlp_out = 256  # Output width of the SimCLR projection (the predictor outputs embed_dim).
+
   # ----------------------------------------------------------- optimizer
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3

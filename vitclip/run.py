@@ -33,7 +33,8 @@ from vitclip.tokenizer import Tokenizer, train_bpe
 from vitclip.train_step import TrainState, make_train_step
 
 # Fields whose change makes the workdir's checkpoints mean something else: prefixes of flat config keys.
-RESUME_FIXED = ('model.', 'tokenizer.', 'loss.', 'data.', 'batch_size', 'seed', 'optim.frozen', 'init_from')
+RESUME_FIXED = ('model.', 'tokenizer.', 'loss.', 'data.', 'batch_size', 'seed', 'optim.frozen', 'init_from',
+                'flip.', 'aclip.')
 # Exceptions under those prefixes: where the data lives and how fast it is read.
 RESUME_FREE = ('data.data_dir', 'data.num_workers', 'data.prefetch')
 CHANGES_FILE = 'config_changes.jsonl'
