@@ -109,6 +109,53 @@ def _check_model(config, problems: list):
     problems.append(f'config.model: {e}')
 
 
+def _check_masking(config, problems: list):
+  """flip.* and aclip.*: ranges, and what each needs from the image tower and the step."""
+  from vitclip import masking
+  from vitclip.models import decode_variant
+  flip, a = config.flip, config.aclip
+  if not 0.0 <= flip.mask_ratio < 1.0:
+    problems.append(f'config.flip.mask_ratio={flip.mask_ratio!r} must be in [0, 1) (FLIP: 0.5 or 0.75; 0: off).')
+  _positive(problems, 'flip.unmasked_steps', flip.unmasked_steps, minimum=0)
+  if not a.enabled:
+    return
+  if flip.mask_ratio:
+    problems.append('config.flip.mask_ratio and config.aclip.enabled both mask image tokens; A-CLIP chooses its '
+                    'own tokens: set --config.flip.mask_ratio=0.')
+  if config.grad_cache.microbatch and config.grad_cache.microbatch < config.batch_size:
+    problems.append('config.aclip.enabled does not combine with config.grad_cache.microbatch (its SimCLR and '
+                    'BYOL terms need the whole batch of views at once); set --config.grad_cache.microbatch=0.')
+  if not 0.0 < a.keep_ratio <= 1.0:
+    problems.append(f'config.aclip.keep_ratio={a.keep_ratio!r} must be in (0, 1] (paper: 0.5).')
+  _choice(problems, 'aclip.selection', a.selection, masking.SELECTIONS)
+  _positive(problems, 'aclip.unit', a.unit)
+  _positive(problems, 'aclip.mlp_hidden', a.mlp_hidden)
+  _positive(problems, 'aclip.mlp_out', a.mlp_out)
+  lo, hi = (tuple(a.view_crop_scale) + (None, None))[:2]
+  if len(a.view_crop_scale) != 2 or not 0.0 < lo <= hi <= 1.0:
+    problems.append(f'config.aclip.view_crop_scale={a.view_crop_scale!r} must be (min, max) area fractions with '
+                    '0 < min <= max <= 1, e.g. (0.5, 1.0).')
+  if not 0.0 < a.score_scale <= 1.0:
+    problems.append(f'config.aclip.score_scale={a.score_scale!r} must be in (0, 1] (A-CLIP-eff: 0.5).')
+  if not 0.0 <= a.ema_momentum <= a.ema_momentum_end <= 1.0:
+    problems.append(f'config.aclip.ema_momentum={a.ema_momentum!r} and ema_momentum_end={a.ema_momentum_end!r} '
+                    'must satisfy 0 <= start <= end <= 1 (paper: 0.996 -> 1).')
+  for field in ('clip_weight', 'simclr_weight', 'byol_weight'):
+    if not a[field] >= 0:
+      problems.append(f'config.aclip.{field}={a[field]!r} must be >= 0.')
+  if not a.simclr_temperature > 0:
+    problems.append(f'config.aclip.simclr_temperature={a.simclr_temperature!r} must be positive (paper: 0.1).')
+  try:
+    patch = decode_variant(config.model.image.variant).get('patch_size')
+  except ValueError:
+    return  # Reported by _check_model.
+  grid = config.model.image.image_size // patch if patch else 0
+  if isinstance(a.unit, int) and a.unit >= 1 and grid and grid % a.unit:
+    problems.append(f'config.aclip.unit={a.unit} does not divide the {grid} x {grid} patch grid of '
+                    f'model.image (image_size {config.model.image.image_size}, patch {patch}); use a divisor of '
+                    f'{grid}, e.g. --config.aclip.unit=1.')
+
+
 def _check_data(config, problems: list):
   from vitclip.data import generated, sources
   name = config.data.name
@@ -166,6 +213,7 @@ def validate(config, workdir: str | None = None, *, num_devices: int | None = No
   if not config.optim.lr > 0:
     problems.append(f'config.optim.lr={config.optim.lr!r} must be positive.')
   _check_model(config, problems)
+  _check_masking(config, problems)
   try:
     parallel = sharding.batch_parallelism(config.mesh, num_devices)
   except ConfigError as e:

@@ -25,7 +25,7 @@ from absl import logging
 
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
-from vitclip import evaluators, init_from, optim, sharding
+from vitclip import aclip, evaluators, init_from, optim, sharding
 from vitclip.data import generated, sources
 from vitclip.errors import ConfigError, MissingFileError
 from vitclip.models import build_model, init_params
@@ -95,14 +95,15 @@ def assemble(config, workdir: str, mesh, tokenizer: Tokenizer | None) -> Run:
   """Model, optimizer and sharded abstract state for a final config (no data access)."""
   config.lock()
   model = build_model(config.model)
-  abstract_params = jax.eval_shape(lambda r: init_params(model, r), jax.random.key(0))
+  abstract_params = jax.eval_shape(lambda r: init_run_params(model, config, r), jax.random.key(0))
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps, abstract_params)
-  abstract = jax.eval_shape(lambda r: _init_state(model, tx, r), jax.random.key(0))
+  abstract = jax.eval_shape(lambda r: _init_state(model, config, tx, r), jax.random.key(0))
   rule, min_size = config.sharding.params, config.sharding.fsdp_min_size
   shardings = TrainState(
       step=sharding.replicated(mesh), rng=sharding.replicated(mesh),
       params=sharding.param_shardings(abstract.params, mesh, rule, min_size),
-      opt_state=sharding.param_shardings(abstract.opt_state, mesh, rule, min_size))
+      opt_state=sharding.param_shardings(abstract.opt_state, mesh, rule, min_size),
+      ema=sharding.param_shardings(abstract.ema, mesh, rule, min_size))
   abstract_state = checkpoint_lib.abstract_with_shardings(abstract, shardings)
   return Run(config, workdir, mesh, tokenizer, model, tx, schedule, abstract_state)
 
@@ -265,10 +266,20 @@ def _barrier(name: str):
 # ------------------------------------------------------------------------------------------------- state
 
 
-def _init_state(model, tx, rng) -> TrainState:
+def init_run_params(model, config, rng):
+  """The trained params of a fresh run: the model's, plus A-CLIP's heads under 'aclip' when enabled."""
+  model_rng, heads_rng = jax.random.split(rng)
+  params = init_params(model, model_rng)
+  if config.aclip.enabled:
+    params = {**params, 'aclip': aclip.init_heads(config, heads_rng)}
+  return params
+
+
+def _init_state(model, config, tx, rng) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
-  params = init_params(model, init_rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng)
+  params = init_run_params(model, config, init_rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng,
+                    ema=params['img'] if config.aclip.enabled else None)
 
 
 def create_state(run: Run) -> TrainState:
@@ -276,10 +287,12 @@ def create_state(run: Run) -> TrainState:
   loaded from `config.init_from` when set."""
   # Shapes are checked first: a mismatched checkpoint stops before anything is initialised or compiled.
   loading = init_from.plan(run) if run.config.init_from else None
-  init = jax.jit(lambda r: _init_state(run.model, run.tx, r), out_shardings=run.state_shardings)
+  init = jax.jit(lambda r: _init_state(run.model, run.config, run.tx, r), out_shardings=run.state_shardings)
   state = init(jax.random.key(run.config.seed))
   if loading is not None:
     state = init_from.load_into_state(run, state, loading)
+    if state.ema is not None:  # The EMA tower starts as the loaded image tower.
+      state = state.replace(ema=state.params['img'])
   return state
 
 

@@ -13,6 +13,11 @@ gradient accumulation would instead shrink the set of negatives to the microbatc
 Microbatch k takes the k-th slice of *every device's* local rows, so each microbatch stays spread over all
 devices and splitting/merging the batch is a per-device reshape (no communication).
 
+Image token masking: with `config.flip.mask_ratio` each image keeps a random subset of its patch tokens (FLIP;
+the last `flip.unmasked_steps` steps keep all); with `config.aclip.enabled` the step is A-CLIP's objective
+(vitclip/aclip.py), and the EMA image tower in `TrainState.ema` follows the params after each update. The masks
+come from the step key fold_in(state.rng, state.step): a resumed run draws the same ones.
+
 A step whose loss, gradient, update or new params are not finite is not applied (params and optimizer state
 stay as they were; the step counter advances) and reports `skipped_nonfinite = 1`; the trainer stops a run
 after `config.max_skipped_steps` such steps in a row.
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vitclip import losses, sharding
+from vitclip import aclip, losses, masking, sharding
 from vitclip.models import clamp_logit_scale, logit_params
 
 
@@ -38,6 +43,12 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array  # Base key; step keys are fold_in(rng, step) so resumption replays the same randomness.
+  ema: Any = None  # A-CLIP: the EMA of params['img']; None otherwise.
+
+
+def step_key(state: TrainState) -> jax.Array:
+  """The randomness of step `state.step` (token masks, A-CLIP's views)."""
+  return jax.random.fold_in(state.rng, state.step)
 
 
 def loss_fn_from_config(config, mesh) -> Callable:
@@ -62,9 +73,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def full_batch_loss_and_grad(model, loss_fn) -> Callable:
-  """`(params, batch) -> (loss, grads)`: value_and_grad of the full-batch forward."""
-  def loss(params, batch):
-    zimg, ztxt, _ = model.apply({'params': params}, batch['image'], batch['tokens'])
+  """`(params, batch, keep) -> (loss, grads)`: value_and_grad of the full-batch forward; keep: None or the image
+  tokens to keep, int [B, K]."""
+  def loss(params, batch, keep):
+    zimg, ztxt, _ = model.apply({'params': params}, batch['image'], batch['tokens'], keep=keep)
     return loss_fn(zimg, ztxt, *logit_params(params))
   return jax.value_and_grad(loss)
 
@@ -89,14 +101,15 @@ def grad_cache_loss_and_grad(model, loss_fn, mesh, batch_size: int, microbatch: 
   n = batch_size // microbatch
   parallel = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
 
-  def embed(params, images, tokens):
-    zimg, ztxt, _ = model.apply({'params': params}, images, tokens)
+  def embed(params, images, tokens, keep):
+    zimg, ztxt, _ = model.apply({'params': params}, images, tokens, keep=keep)
     return zimg, ztxt
 
-  def loss_and_grad(params, batch):
+  def loss_and_grad(params, batch, keep):
     images, tokens = (_split(batch[k], parallel, n, mesh) for k in ('image', 'tokens'))
+    keep = None if keep is None else _split(keep, parallel, n, mesh)  # Each microbatch keeps its own rows' masks.
     # 1. Embeddings only; nothing here is differentiated, so no activations are kept.
-    zimg, ztxt = jax.lax.map(lambda xs: embed(params, *xs), (images, tokens))
+    zimg, ztxt = jax.lax.map(lambda xs: embed(params, *xs), (images, tokens, keep))
     zimg, ztxt = _merge(zimg, parallel, mesh), _merge(ztxt, parallel, mesh)
 
     # 2. Full-batch loss; gradient w.r.t. embeddings and the params that enter the loss directly (t, b).
@@ -107,24 +120,52 @@ def grad_cache_loss_and_grad(model, loss_fn, mesh, batch_size: int, microbatch: 
 
     # 3. Backprop each microbatch with its slice of the cached embedding gradients; sum.
     def accumulate(acc, xs):
-      img, tok, gi, gt = xs
-      _, pullback = jax.vjp(lambda p: embed(p, img, tok), params)
+      img, tok, kept, gi, gt = xs
+      _, pullback = jax.vjp(lambda p: embed(p, img, tok, kept), params)
       (g,) = pullback((gi, gt))
       return jax.tree.map(jnp.add, acc, g), None
-    grads, _ = jax.lax.scan(accumulate, g_params, (images, tokens, g_img, g_txt))
+    grads, _ = jax.lax.scan(accumulate, g_params, (images, tokens, keep, g_img, g_txt))
     return loss, grads
 
   return loss_and_grad
 
 
 def make_loss_and_grad(model, config, mesh) -> Callable:
-  """`(params, batch) -> (loss, grads)` as configured: gradient caching when `config.grad_cache.microbatch`
-  is set and smaller than the batch, else the plain full-batch gradient."""
+  """`(state, batch) -> (loss, grads, terms)` as configured; terms: a dict of extra scalars to log.
+
+  A-CLIP's objective when `config.aclip.enabled`; otherwise gradient caching when `config.grad_cache.microbatch`
+  is set and smaller than the batch, else the plain full-batch gradient, either with FLIP's random token masks
+  when `config.flip.mask_ratio` > 0 (all tokens from step total_steps - flip.unmasked_steps on).
+  """
   loss_fn = loss_fn_from_config(config, mesh)
+  if config.aclip.enabled:
+    objective = jax.value_and_grad(aclip.loss_terms(model, config, mesh, loss_fn), has_aux=True)
+
+    def aclip_loss_and_grad(state, batch):
+      (loss, terms), grads = objective(state.params, state.ema, batch, step_key(state))
+      return loss, grads, terms
+    return aclip_loss_and_grad
+
   micro = config.grad_cache.microbatch
   if micro and micro < config.batch_size:
-    return grad_cache_loss_and_grad(model, loss_fn, mesh, config.batch_size, micro)
-  return full_batch_loss_and_grad(model, loss_fn)
+    loss_and_grad = grad_cache_loss_and_grad(model, loss_fn, mesh, config.batch_size, micro)
+  else:
+    loss_and_grad = full_batch_loss_and_grad(model, loss_fn)
+  ratio, unmasked = config.flip.mask_ratio, config.flip.unmasked_steps
+  if not ratio:
+    return lambda state, batch: (*loss_and_grad(state.params, batch, None), {})
+  num_tokens = aclip.patch_grid(model)**2
+
+  def flip_loss_and_grad(state, batch):
+    def masked():
+      keep = masking.random_keep(step_key(state), batch['image'].shape[0], num_tokens, ratio)
+      return loss_and_grad(state.params, batch, keep)
+    if not unmasked:
+      return (*masked(), {})
+    # Both branches are compiled into the step; only the one taken runs.
+    full = lambda: loss_and_grad(state.params, batch, None)
+    return (*jax.lax.cond(state.step < config.total_steps - unmasked, masked, full), {})
+  return flip_loss_and_grad
 
 
 # ------------------------------------------------------------------------------------------------ step
@@ -139,7 +180,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, config, m
   t_max = config.model.t_max
 
   def train_step(state: TrainState, batch):
-    loss, grads = loss_and_grad(state.params, batch)
+    loss, grads, terms = loss_and_grad(state, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = clamp_logit_scale(optax.apply_updates(state.params, updates), t_max)
     grad_norm, update_norm, param_norm = global_norm(grads), global_norm(updates), global_norm(params)
@@ -149,11 +190,15 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule, config, m
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                               opt_state=keep(opt_state, state.opt_state))
+    if state.ema is not None:
+      momentum = aclip.ema_momentum(config.aclip, state.step, config.total_steps)
+      new_state = new_state.replace(ema=aclip.update_ema(state.ema, new_state.params['img'], momentum))
+      terms = {**terms, 'ema_momentum': momentum}
     t, b = logit_params(state.params)
     metrics = {
         'loss': loss, 'lr': schedule(state.step), 't': t,
         'grad_norm': grad_norm, 'param_norm': param_norm, 'update_norm': update_norm,
-        'skipped_nonfinite': 1 - finite.astype(jnp.int32),
+        'skipped_nonfinite': 1 - finite.astype(jnp.int32), **terms,
     }
     if b is not None:
       metrics['b'] = b

@@ -96,7 +96,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = 'float32'
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv=None, mask=None, attention='qk'):
+  def __call__(self, inputs_q, inputs_kv=None, mask=None, attention='qk', score_rows=None):
     """Attends queries from `inputs_q` over keys/values from `inputs_kv` (default: self-attention).
 
     Args:
@@ -105,9 +105,11 @@ class MultiHeadAttention(nn.Module):
       mask: bool, broadcastable to [B, H, Lq, Lk]; True = may attend. None: attend everywhere.
       attention: 'qk' (standard softmax(q kᵀ/√D)), 'identity' (each token takes its own value),
         'qq', 'qq+kk' (self-similarity maps of SCLIP / ClearCLIP; need Lq == Lk).
+      score_rows: None, or (start, stop): also return the attention each key receives from the queries
+        start:stop, averaged over those queries and the heads (A-CLIP's token score; 'qk' only).
 
     Returns:
-      [B, Lq, W] in the computation dtype.
+      [B, Lq, W] in the computation dtype; with `score_rows` the pair (that, float32 scores [B, Lk]).
     """
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     width = inputs_q.shape[-1]
@@ -118,6 +120,9 @@ class MultiHeadAttention(nn.Module):
     proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=dtype, param_dtype=jnp.float32,
                                         kernel_init=nn.initializers.xavier_uniform(), name=name)
     v = proj('value')(inputs_kv)  # [B, Lk, H, D]
+    if score_rows is not None and attention != 'qk':
+      raise ValueError(f'Attention scores need attention="qk", got {attention!r}.')
+    scores = None
     if attention == 'identity':
       y = v
     else:
@@ -127,9 +132,13 @@ class MultiHeadAttention(nn.Module):
                  'qq+kk': lambda: attend(q, q) + attend(k, k)}
       if attention not in weights:
         raise ValueError(f'Unknown attention {attention!r}; use "qk", "identity", "qq" or "qq+kk".')
-      y = jnp.einsum('bhqk,bkhd->bqhd', weights[attention]().astype(dtype), v)
-    return nn.DenseGeneral(width, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
-                           kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
+      w = weights[attention]()
+      if score_rows is not None:
+        scores = jnp.mean(w[:, :, score_rows[0]:score_rows[1]], axis=(1, 2))
+      y = jnp.einsum('bhqk,bkhd->bqhd', w.astype(dtype), v)
+    y = nn.DenseGeneral(width, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
+                        kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
+    return y if score_rows is None else (y, scores)
 
 
 def _attention_weights(q, k, mask):
@@ -149,33 +158,39 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = 'float32'
 
   @nn.compact
-  def __call__(self, x, mask=None, mode='standard'):
-    """x: [B, L, W]; mask: bool broadcastable to [B, H, L, L]; mode: a key of `BLOCK_MODES`."""
+  def __call__(self, x, mask=None, mode='standard', score_rows=None):
+    """x: [B, L, W]; mask: bool broadcastable to [B, H, L, L]; mode: a key of `BLOCK_MODES`.
+
+    Returns [B, L, W]; with `score_rows` (see MultiHeadAttention) the pair (that, scores [B, L]).
+    """
     if mode not in BLOCK_MODES:
       raise ValueError(f'Unknown block mode {mode!r}; use one of {sorted(BLOCK_MODES)}.')
     attention, residual, mlp = BLOCK_MODES[mode]
     dtype = canonical_dtype(self.dtype)
     norm = lambda name: nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
     y = MultiHeadAttention(self.num_heads, dtype, name='MultiHeadDotProductAttention_0')(
-        norm('LayerNorm_0')(x), mask=mask, attention=attention)
+        norm('LayerNorm_0')(x), mask=mask, attention=attention, score_rows=score_rows)
+    y, scores = y if score_rows is not None else (y, None)
     x = x + y if residual else y
     if mlp:
       x = x + MlpBlock(self.mlp_dim, self.act, dtype, name='MlpBlock_0')(norm('LayerNorm_1')(x))
-    return x
+    return x if score_rows is None else (x, scores)
 
 
 class _ScanBody(EncoderBlock):
-  """EncoderBlock as an nn.scan body: (carry, mask) -> (carry, None).
+  """EncoderBlock as an nn.scan body: (carry, mask) -> (carry, scores [B, L] or None).
 
   The carry is x [B, L, W], or with `keep_input` the pair (x, input of the block that produced x) so the
   input of the last block is available after the scan without stacking every layer's activations.
   """
   keep_input: bool = False
+  score_rows: tuple[int, int] | None = None
 
   def __call__(self, carry, mask=None):  # pytype: disable=signature-mismatch
     x = carry[0] if self.keep_input else carry
-    y = super().__call__(x, mask)
-    return ((y, x) if self.keep_input else y), None
+    y = super().__call__(x, mask, score_rows=self.score_rows)
+    y, scores = y if self.score_rows is not None else (y, None)
+    return ((y, x) if self.keep_input else y), scores
 
 
 class Encoder(nn.Module):
@@ -200,7 +215,7 @@ class Encoder(nn.Module):
                 dtype=self.dtype)
 
   @nn.compact
-  def __call__(self, x, mask=None, *, last_block_mode='standard', return_last_input=False):
+  def __call__(self, x, mask=None, *, last_block_mode='standard', return_last_input=False, score_rows=None):
     """Runs the blocks and the final norm.
 
     Args:
@@ -208,11 +223,15 @@ class Encoder(nn.Module):
       mask: bool, broadcastable to [B, H, L, L]; True = may attend. None: full attention.
       last_block_mode: a key of `layers.BLOCK_MODES`: how the last block computes (dense-feature variants).
       return_last_input: also return the (un-normalized) input of the last block.
+      score_rows: None, or (start, stop): also return the attention each token receives from the queries
+        start:stop, averaged over those queries, the heads and the blocks (A-CLIP's score; standard blocks).
 
     Returns:
       [B, L, W] normalized tokens in the computation dtype; with `return_last_input` the pair
-      (tokens, last block input [B, L, W]).
+      (tokens, last block input [B, L, W]); with `score_rows` the pair (tokens, float32 scores [B, L]).
     """
+    if score_rows is not None and (return_last_input or last_block_mode != 'standard'):
+      raise ValueError('score_rows goes with the standard forward only.')
     policy = remat_policy(self.remat_policy)
     block = EncoderBlock
     special_last = last_block_mode != 'standard'
@@ -223,22 +242,29 @@ class Encoder(nn.Module):
       keep = return_last_input or special_last
       scanned = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True}, in_axes=nn.broadcast,
                         length=self.depth)
-      carry, _ = scanned(keep_input=keep, name='encoderblock', **self._block_kwargs)((x, x) if keep else x, mask)
+      carry, layer_scores = scanned(keep_input=keep, score_rows=score_rows, name='encoderblock',
+                                    **self._block_kwargs)((x, x) if keep else x, mask)
       x, last_input = carry if keep else (carry, None)
       if special_last:  # Evaluation only: re-run the last block (a slice of the stack) in the asked mode.
         x = EncoderBlock(**self._block_kwargs, parent=None).apply(  # parent=None: a standalone function.
             {'params': self._last_block_params()}, last_input, mask, last_block_mode)
     else:
       if policy is not None:
-        block = nn.remat(block, policy=policy)
+        block = nn.remat(block, policy=policy, static_argnums=(3, 4))  # mode, score_rows: Python values (self is 0).
+      layer_scores = []
       for i in range(self.depth):
         last_input = x
         if i == self.depth - 1 and special_last:  # Same params as the remat'ed block; only the call differs.
           x = EncoderBlock(name=f'encoderblock_{i}', **self._block_kwargs)(x, mask, last_block_mode)
+        elif score_rows is not None:
+          x, scores = block(name=f'encoderblock_{i}', **self._block_kwargs)(x, mask, 'standard', score_rows)
+          layer_scores.append(scores)
         else:
-          x = block(name=f'encoderblock_{i}', **self._block_kwargs)(x, mask)
+          x = block(name=f'encoderblock_{i}', **self._block_kwargs)(x, mask, 'standard', None)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=canonical_dtype(self.dtype), param_dtype=jnp.float32,
                      name='encoder_norm')(x)
+    if score_rows is not None:
+      return x, jnp.mean(jnp.stack(layer_scores) if isinstance(layer_scores, list) else layer_scores, axis=0)
     return (x, last_input) if return_last_input else x
 
   def last_block_keys(self, x, mask=None):
@@ -271,8 +297,10 @@ class MAPHead(nn.Module):
   dtype: Dtype = 'float32'
 
   @nn.compact
-  def __call__(self, x, mask=None, dense_mode=None):
+  def __call__(self, x, mask=None, dense_mode=None, return_scores=False):
     """Pools x: [B, L, W] -> [B, W]; mask: bool [B, L], True = token may be attended (None: all).
+
+    return_scores: also return the probe's attention over the tokens, averaged over heads (float32 [B, L]).
 
     dense_mode: a non-standard key of `BLOCK_MODES` -> [B, L, W]: every token is its own query and goes through
     the head with that mode's attention and MLP choice (the head has no residual around its attention). For a
@@ -283,9 +311,13 @@ class MAPHead(nn.Module):
     width = x.shape[-1]
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, width), jnp.float32)
     attn = MultiHeadAttention(self.num_heads, dtype, name='MultiHeadDotProductAttention_0')
+    scores = None
     if dense_mode is None:
       probe = jnp.broadcast_to(probe, (x.shape[0], 1, width)).astype(dtype)
-      x, use_mlp = attn(probe, x, None if mask is None else mask[:, None, None, :]), True
+      x = attn(probe, x, None if mask is None else mask[:, None, None, :], score_rows=(0, 1) if return_scores
+               else None)
+      x, scores = x if return_scores else (x, None)
+      use_mlp = True
     else:
       if dense_mode not in BLOCK_MODES or dense_mode == 'standard':
         modes = sorted(set(BLOCK_MODES) - {'standard'})
@@ -295,7 +327,9 @@ class MAPHead(nn.Module):
     if use_mlp:
       y = nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name='LayerNorm_0')(x)
       x = x + MlpBlock(self.mlp_dim, self.act, dtype, name='MlpBlock_0')(y)
-    return x[:, 0] if dense_mode is None else x
+    if dense_mode is not None:
+      return x
+    return (x[:, 0], scores) if return_scores else x[:, 0]
 
 
 def check_head(head: str, width: int, embed_dim: int, tower: str):

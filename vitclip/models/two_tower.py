@@ -58,24 +58,30 @@ class TwoTower(nn.Module):
     self.bias = (None if self.b_init is None else
                  self.param('b', nn.initializers.constant(self.b_init), (), jnp.float32))
 
-  def __call__(self, images, tokens):
+  def __call__(self, images, tokens, *, keep=None):
     """Embeds a batch of pairs.
 
     Args:
       images: float [B, H, W, 3], or None to skip the image tower.
       tokens: int [B', L], or None to skip the text tower.
+      keep: None, or int [B, K]: the image patch tokens to keep (token masking; see VisionTransformer).
 
     Returns:
       (zimg float32 [B, D] L2-normalized or None, ztxt float32 [B', D] L2-normalized or None,
        {'t': float32 scalar multiplier exp(params['t']), 'b': float32 scalar or None when the model has no bias}).
     """
-    zimg = None if images is None else self.encode_image(images)
+    zimg = None if images is None else self.encode_image(images, keep=keep)
     ztxt = None if tokens is None else self.encode_text(tokens)
     return zimg, ztxt, {'t': jnp.exp(self.log_t), 'b': self.bias}
 
-  def encode_image(self, images):
-    """images: float [B, H, W, 3] -> float32 [B, D], L2-normalized."""
-    return l2_normalize(self.img(images))
+  def encode_image(self, images, *, keep=None):
+    """images: float [B, H, W, 3] -> float32 [B, D], L2-normalized. keep: as in `__call__`."""
+    return l2_normalize(self.img(images, keep=keep))
+
+  def embed_image(self, images, *, keep=None, return_scores=False):
+    """The image tower's output before normalization: [B, D] in the computation dtype; with `return_scores`
+    the pair (that, float32 patch scores [B, h, w]; see VisionTransformer.token_scores)."""
+    return self.img(images, keep=keep, return_scores=return_scores)
 
   def encode_text(self, tokens):
     """tokens: int [B, L] -> float32 [B, D], L2-normalized."""

@@ -51,6 +51,18 @@ def resize_posemb(posemb: jax.Array, h: int, w: int) -> jax.Array:
   return jax.image.resize(grid, (h, w, grid.shape[-1]), method='bilinear').reshape(1, h * w, -1)
 
 
+def _keep_tokens(x, mask, keep, num_prefix: int):
+  """Drops patch tokens: x [B, P + h·w, W] -> [B, P + K, W] keeping the P prefix tokens and the patches `keep`
+  [B, K]; the attention mask [1, 1, L, L] (or None) follows -> [B, 1, P + K, P + K]."""
+  patches = jnp.take_along_axis(x[:, num_prefix:], keep[..., None].astype(jnp.int32), axis=1)
+  x = jnp.concatenate([x[:, :num_prefix], patches], axis=1)
+  if mask is not None:
+    prefix = jnp.broadcast_to(jnp.arange(num_prefix), (keep.shape[0], num_prefix))
+    idx = jnp.concatenate([prefix, keep + num_prefix], axis=1)  # [B, P + K] rows of the full mask.
+    mask = mask[0, 0][idx[:, :, None], idx[:, None, :]][:, None]
+  return x, mask
+
+
 def resample_posemb(posemb: jax.Array, num_prefix: int, grid: int) -> jax.Array:
   """[1, num_prefix + g·g, W] -> [1, num_prefix + grid·grid, W]: the g×g grid resized bilinearly (as the ViT does
   for other input sizes at apply time), the prefix (CLS) tokens kept as they are. Used to load a learned
@@ -88,7 +100,7 @@ class VisionTransformer(nn.Module):
   attention_radius: int = 0
 
   @nn.compact
-  def __call__(self, images, *, dense_mode=None):
+  def __call__(self, images, *, dense_mode=None, keep=None, return_scores=False):
     """Embeds images (not normalized).
 
     Args:
@@ -96,10 +108,15 @@ class VisionTransformer(nn.Module):
         size are ignored (SigLIP So400m/14 at 384 px: 27 x 27 patches).
       dense_mode: None for the pooled embedding, a key of `DENSE_MODES` for per-patch features, or 'keys'
         for the last block's per-patch attention keys (see `dense_keys`).
+      keep: None (every token), or int [B, K]: indices (row-major in the h x w patch grid) of the patch tokens
+        that enter the encoder, the others dropped after the position embedding (FLIP / A-CLIP token masking;
+        pooled embedding only). CLS and register tokens are always kept.
+      return_scores: also return each patch's attention score (`token_scores`); pooled embedding only.
 
     Returns:
       [B, embed_dim] (dense_mode None), [B, H // patch, W // patch, embed_dim] (dense modes) or
-      [B, H // patch, W // patch, width] ('keys'), in the computation dtype.
+      [B, H // patch, W // patch, width] ('keys'), in the computation dtype; with `return_scores` the pair
+      (embedding, float32 scores [B, H // patch, W // patch]).
     """
     v = self._hparams()
     x, (h, w) = self._embed(images, v)
@@ -108,6 +125,12 @@ class VisionTransformer(nn.Module):
         dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan, name='Transformer')
     num_prefix = int(self.cls_token) + self.num_registers  # Tokens in front of the patches.
     mask = self._attention_mask(h, w, num_prefix)
+    if (keep is not None or return_scores) and dense_mode is not None:
+      raise ValueError('keep / return_scores go with the pooled embedding (dense_mode=None).')
+    if keep is not None:
+      x, mask = _keep_tokens(x, mask, keep, num_prefix)
+    if return_scores:
+      return self._pool_with_scores(x, mask, encoder, v, num_prefix, (h, w))
     if dense_mode == 'keys':
       k = encoder.last_block_keys(x, mask)[:, num_prefix:]
       return k.reshape(k.shape[0], h, w, -1)
@@ -129,6 +152,31 @@ class VisionTransformer(nn.Module):
     else:
       x = self._map_head(v)(x)
     return self._project(x)
+
+  @property
+  def patch_size(self) -> int:
+    return decode_variant(self.variant)['patch_size']
+
+  def _pool_with_scores(self, x, mask, encoder, v, num_prefix: int, grid: tuple[int, int]):
+    """(embedding [B, embed_dim], scores [B, h, w]): A-CLIP's attention score of each patch, read from the
+    query that pools (see `token_scores`)."""
+    b, n = x.shape[0], x.shape[1]
+    if self.pool == 'map':
+      x, scores = self._map_head(v)(encoder(x, mask), return_scores=True)
+    else:
+      rows = (0, 1) if self.pool == 'tok' else (num_prefix, n)
+      x, scores = encoder(x, mask, score_rows=rows)
+      x = x[:, 0] if self.pool == 'tok' else jnp.mean(x[:, num_prefix:], axis=1)
+    return self._project(x), scores[:, num_prefix:].reshape(b, *grid)
+
+  def token_scores(self, images):
+    """images [B, H, W, 3] -> float32 [B, H // patch, W // patch]: how much attention each patch receives from
+    the query that pools the image, averaged over heads (and blocks) — A-CLIP's token score
+    s_P = 1/(HL) Σ_l Σ_h softmax(q_lh(CLS)·k_lh(P)/√D) for pool='tok'. Where no CLS token pools, the closest
+    equivalent: pool='gap' averages the attention rows of all patch queries in every block (a patch's weight in
+    the mean of the attention outputs, which GAP pools); pool='map' uses the MAP head's probe, the one query
+    that pools (a single attention layer)."""
+    return self(images, return_scores=True)[1]
 
   def _attention_mask(self, h: int, w: int, num_prefix: int) -> jax.Array | None:
     """bool [1, 1, L, L] (L = num_prefix + h·w), True = may attend; None for global attention."""
