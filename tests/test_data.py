@@ -435,28 +435,149 @@ def test_folder_import_errors(image_folder, tmp_path):
   assert not os.path.exists(tmp_path / 'd' / 'x')
 
 
+def write_images(root, counts: dict, rng, fmt='png'):
+  """root/<class>/<i>.<fmt>: counts[class] small random images per class."""
+  for cls, n in counts.items():
+    (root / cls).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+      Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(root / cls / f'{i}.{fmt}')
+
+
+def read_labels(data_dir, name):
+  """{split: {filename: class name}} of a class-folder import, and the class names."""
+  out = {}
+  for split in ('train', 'validation', 'test'):
+    try:
+      source, info = sources.load_source(name, split, data_dir)
+    except ValueError:  # Empty splits are not written.
+      continue
+    names = sources.class_names(info, 'label')
+    out[split] = {source[i]['filename'].decode(): names[source[i]['label']] for i in range(len(source))}
+  return out, names
+
+
+def test_split_counts():
+  fractions = {'test': 0.2, 'train': 0.7, 'validation': 0.1}
+  assert folder.split_counts(1, fractions) == {'test': 1, 'train': 0, 'validation': 0}
+  assert folder.split_counts(2, fractions) == {'test': 1, 'train': 1, 'validation': 0}
+  assert folder.split_counts(3, fractions) == {'test': 1, 'train': 1, 'validation': 1}  # At least one each.
+  assert folder.split_counts(10, fractions) == {'test': 2, 'train': 7, 'validation': 1}
+  assert folder.split_counts(7, fractions) == {'test': 1, 'train': 5, 'validation': 1}  # 1.4 -> 1, 0.7 -> 1.
+  assert folder.split_counts(5, {'test': 1.0, 'train': 0.0, 'validation': 0.0}) == {
+      'test': 5, 'train': 0, 'validation': 0}
+  assert folder.split_counts(3, {'test': 0.45, 'validation': 0.45, 'train': 0.1}) == {
+      'test': 1, 'validation': 1, 'train': 1}
+
+
+def test_stratified_split_is_seeded_and_complete():
+  labels = np.repeat([0, 1, 2], [10, 20, 7])
+  fractions = {'test': 0.2, 'train': 0.7, 'validation': 0.1}
+  parts = folder.stratified_split(labels, fractions, seed=0)
+  assert sorted(np.concatenate(list(parts.values()))) == list(range(len(labels)))  # Every index once.
+  for cls, n in enumerate([10, 20, 7]):
+    assert {s: int(np.sum(labels[p] == cls)) for s, p in parts.items()} == folder.split_counts(n, fractions)
+  again = folder.stratified_split(labels, fractions, seed=0)
+  other = folder.stratified_split(labels, fractions, seed=1)
+  assert all(np.array_equal(parts[s], again[s]) for s in parts)
+  assert not np.array_equal(parts['test'], other['test'])
+
+
 def test_class_subdir_import(tmp_path):
+  """Without split folders: a stratified hold-out of the readable images; tiny classes go to test first."""
   rng = np.random.default_rng(1)
   root = tmp_path / 'classes'
-  for cls, n in (('dog', 2), ('cat', 3), ('sea_lion', 1)):
-    (root / cls).mkdir(parents=True)
-    for i in range(n):
-      Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(root / cls / f'{i}.png')
+  write_images(root, {'dog': 2, 'cat': 3, 'sea_lion': 1}, rng)
   (root / 'cat' / 'broken.png').write_bytes(b'\x89PNG broken')
   (root / 'cat' / 'notes.txt').write_text('not an image')
   (root / 'empty').mkdir()
   data_dir = str(tmp_path / 'tfds')
   report = folder.main(['--images', str(root), '--classes_from_subdirs', '--name', 'my_folder',
                         '--data_dir', data_dir])
-  assert report.written == {'test': 6} and dict(report.skipped) == {'corrupt_image': 1}
-  source, info = sources.load_source('my_folder', 'test', data_dir)
-  names = sources.class_names(info, 'label')
+  # cat: 3 readable images, one per split; dog: test and train; sea_lion: test.
+  assert report.written == {'train': 2, 'validation': 1, 'test': 3} and dict(report.skipped) == {'corrupt_image': 1}
+  got, names = read_labels(data_dir, 'my_folder')
   assert names == ['cat', 'dog', 'sea_lion']
-  labels = {source[i]['filename'].decode(): names[source[i]['label']] for i in range(len(source))}
+  assert {s: sorted(v.values()) for s, v in got.items()} == {
+      'train': ['cat', 'dog'], 'validation': ['cat'], 'test': ['cat', 'dog', 'sea_lion']}
+  labels = {f: c for split in got.values() for f, c in split.items()}
   assert labels == {f'{c}/{i}.png': c for c, n in (('dog', 2), ('cat', 3), ('sea_lion', 1)) for i in range(n)}
+  source, info = sources.load_source('my_folder', 'test', data_dir)
   assert sources.decode_image(source[0]).shape == (10, 10, 3)
   with pytest.raises(ValueError, match='classnames_files'):
     sources.class_names(info, 'filename')
+
+
+def test_class_folder_holdout_sizes_stratification_and_seed(tmp_path, capsys):
+  rng = np.random.default_rng(2)
+  root = tmp_path / 'photos'
+  counts = {'owl': 10, 'bat': 20, 'elk': 7}
+  write_images(root, counts, rng, fmt='jpg')
+  data_dir = str(tmp_path / 'tfds')
+
+  def run(name, *flags):
+    folder.main(['--images', str(root), '--classes_from_subdirs', '--name', name, '--data_dir', data_dir, *flags])
+    return read_labels(data_dir, name)
+
+  got, names = run('a')
+  assert names == ['bat', 'elk', 'owl']
+  fractions = {'test': folder.CLASSES_TEST_FRACTION, 'validation': folder.CLASSES_VAL_FRACTION}
+  fractions['train'] = 1 - sum(fractions.values())
+  for cls, n in counts.items():
+    per_split = {s: sum(c == cls for c in got[s].values()) for s in got}
+    assert per_split == {s: c for s, c in folder.split_counts(n, fractions).items()}, cls
+  files = [f for split in got.values() for f in split]
+  assert sorted(files) == sorted(f'{c}/{i}.jpg' for c, n in counts.items() for i in range(n))  # Disjoint, complete.
+  assert all(f.split('/')[0] == c for split in got.values() for f, c in split.items())
+  printed = capsys.readouterr().out
+  assert 'splits: held out per class (--val_fraction 0.1, --test_fraction 0.2, --seed 0)' in printed
+  assert "linear probe: " in printed and "--config.evals.linear_probe.datasets=\"('a',)\"" in printed
+  assert run('b')[0] == got  # Deterministic.
+  other, _ = run('c', '--seed', '1')
+  assert other['test'] != got['test']
+  assert {s: len(v) for s, v in other.items()} == {s: len(v) for s, v in got.items()}
+  only_test, _ = run('d', '--val_fraction', '0', '--test_fraction', '1')
+  assert list(only_test) == ['test'] and len(only_test['test']) == sum(counts.values())
+
+
+def test_class_folder_split_folders(tmp_path):
+  """DIR/train, DIR/val, DIR/test: the splits as they are; classes the sorted union of the folder names."""
+  rng = np.random.default_rng(3)
+  root = tmp_path / 'imagenet_style'
+  write_images(root / 'train', {'ant': 3, 'bee': 2}, rng)
+  write_images(root / 'val', {'ant': 1, 'bee': 1}, rng)
+  write_images(root / 'test', {'ant': 2, 'cow': 1}, rng, fmt='jpg')
+  data_dir = str(tmp_path / 'tfds')
+  report = folder.import_folder(str(root), 'bugs', data_dir, classes_from_subdirs=True)
+  assert report.written == {'train': 5, 'validation': 2, 'test': 3}
+  assert report.splits_from == 'the folders train/, val/, test/'
+  got, names = read_labels(data_dir, 'bugs')
+  assert names == ['ant', 'bee', 'cow']
+  assert got == {
+      'train': {'train/ant/0.png': 'ant', 'train/ant/1.png': 'ant', 'train/ant/2.png': 'ant',
+                'train/bee/0.png': 'bee', 'train/bee/1.png': 'bee'},
+      'validation': {'val/ant/0.png': 'ant', 'val/bee/0.png': 'bee'},
+      'test': {'test/ant/0.jpg': 'ant', 'test/ant/1.jpg': 'ant', 'test/cow/0.jpg': 'cow'}}
+  with pytest.raises(ValueError, match='give the splits; drop --val_fraction'):
+    folder.import_folder(str(root), 'bugs', data_dir, classes_from_subdirs=True, test_fraction=0.3)
+  (root / 'validation').mkdir()
+  with pytest.raises(ValueError, match='both val/ and validation/'):
+    folder.import_folder(str(root), 'bugs', data_dir, classes_from_subdirs=True)
+  (root / 'validation').rmdir()
+  write_images(root, {'dog': 1}, rng)
+  with pytest.raises(ValueError, match=r"split folders \['test', 'train', 'val'\] next to other folders \['dog'\]"):
+    folder.import_folder(str(root), 'bugs', data_dir, classes_from_subdirs=True)
+
+
+def test_class_folder_fraction_errors(tmp_path):
+  root = tmp_path / 'c'
+  write_images(root, {'a': 1}, np.random.default_rng(0))
+  for kwargs, match in (({'val_fraction': 0.5, 'test_fraction': 0.6}, 'exceeds 1'),
+                        ({'test_fraction': -0.1}, r'--test_fraction=-0.1 must be in \[0, 1\]'),
+                        ({'seed': -1}, '--seed=-1')):
+    with pytest.raises(ValueError, match=match):
+      folder.import_folder(str(root), 'c', str(tmp_path / 'd'), classes_from_subdirs=True, **kwargs)
+  with pytest.raises(ValueError, match='--test_fraction applies to --classes_from_subdirs'):
+    folder.import_folder(str(root), 'c', str(tmp_path / 'd'), captions=__file__, test_fraction=0.1)
 
 
 def test_sixteen_bit_greyscale_png_keeps_its_contrast(tmp_path):

@@ -12,12 +12,20 @@ Image-text pairs (training, retrieval):
   Splits 'train' and 'validation' (a stable, path-hashed --val_fraction of the images).
   Features: image (encoded bytes), captions (sequence of text), filename (text).
 
-Classification folders (zero-shot on own data: config.evals.zeroshot.datasets=('my_folder',)):
+Classification folders (zero-shot and linear probes on own data, config.evals.zeroshot.datasets=('my_folder',),
+config.evals.linear_probe.datasets=('my_folder',)):
 
-  python -m vitclip.data.folder --images DIR --classes_from_subdirs --name my_folder
+  python -m vitclip.data.folder --images DIR --classes_from_subdirs --name my_folder \
+      [--val_fraction 0.1] [--test_fraction 0.2] [--seed 0]
 
-  DIR/<class>/**/*.jpg (ImageNet style); split 'test'; features image, label (ClassLabel over the sorted
-  sub-directory names), filename.
+  DIR/<class>/**/*.jpg (ImageNet style): splits 'train', 'validation' and 'test' held out per class (stratified):
+  of a class's n images, round(n * fraction) go to validation and to test, at least one each when the class has
+  3 or more images, the rest to train; a class with 1 image goes to test, one with 2 to test and train. The
+  images are shuffled per class with a generator seeded by (--seed, class index), so a seed gives the same
+  splits on every machine. --test_fraction 1 --val_fraction 0 puts every image in 'test' (zero-shot only).
+  DIR/train/<class>/..., DIR/val/<class>/... (or DIR/validation/), DIR/test/<class>/...: the splits are those
+  folders, as they are (any of them may be missing). Classes: the sorted union of the sub-directory names that
+  hold images. Features image, label (ClassLabel over the class names), filename.
 
 Every image is decoded with PIL before it is written. Unreadable or corrupt images, missing files, malformed
 lines, empty or non-UTF-8 captions are skipped and counted in the printed report, never fatal. With
@@ -34,6 +42,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -50,6 +59,11 @@ from vitclip.data import builder, generated, sources
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 VERSION = '1.0.0'
+CAPTIONS_VAL_FRACTION = 0.02  # Image-caption imports: images held out as 'validation' (retrieval).
+CLASSES_VAL_FRACTION = 0.1  # Class folders without split folders: per class, held out as 'validation' ...
+CLASSES_TEST_FRACTION = 0.2  # ... and as 'test'.
+SPLITS = ('train', 'validation', 'test')  # Of a class-folder import, in this order.
+SPLIT_FOLDERS = {'train': 'train', 'val': 'validation', 'validation': 'validation', 'test': 'test'}
 JPEG_QUALITY = 95  # When --image_size > 0 re-encodes images.
 _NAME_RE = re.compile(r'^[a-z][a-z0-9_]*$')
 _MAX_EXAMPLES = 5  # Examples kept per skip reason in the report.
@@ -69,6 +83,7 @@ class ImportReport:
   written: dict = dataclasses.field(default_factory=dict)  # split -> number of images
   captions_written: int = 0
   class_names: list = dataclasses.field(default_factory=list)
+  splits_from: str = ''  # How class-folder splits were made.
 
   def skip(self, reason: str, example: str):
     assert reason in REASONS, reason
@@ -84,6 +99,8 @@ class ImportReport:
     if self.class_names:
       lines.append(f'  classes ({len(self.class_names)}): {", ".join(self.class_names[:20])}'
                    + (' ...' if len(self.class_names) > 20 else ''))
+    if self.splits_from:
+      lines.append(f'  splits: {self.splits_from}')
     if not self.skipped:
       lines.append('skipped: nothing')
     for reason in REASONS:
@@ -250,6 +267,55 @@ def _is_val(relpath: str, fraction: float) -> bool:
   return int.from_bytes(digest[:8], 'big') / 2**64 < fraction
 
 
+def split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+  """How many of one class's n examples each split gets.
+
+  fractions: {split: fraction >= 0}, summing to 1, in priority order. Every split with a positive fraction gets
+  round(n * fraction) examples, and at least one when n is at least the number of such splits; the split with
+  the largest fraction (the first of equals) takes what rounding leaves. With fewer examples than such splits,
+  one each goes to the first n of them in the order of `fractions`.
+  """
+  active = [split for split, f in fractions.items() if f > 0]
+  counts = dict.fromkeys(fractions, 0)
+  if n < len(active):
+    counts.update(dict.fromkeys(active[:n], 1))
+    return counts
+  for split in active:
+    counts[split] = max(1, math.floor(n * fractions[split] + 0.5))
+  largest = max(active, key=fractions.get)
+  counts[largest] = n - sum(c for split, c in counts.items() if split != largest)
+  while counts[largest] < 1:  # Every split's minimum of one took more than the small splits' share.
+    donor = max((split for split in active if split != largest), key=counts.get)
+    counts[donor] -= 1
+    counts[largest] += 1
+  return counts
+
+
+def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+  """Splits examples per class: `split_counts` of each class, after shuffling the class's examples with a
+  generator seeded by (seed, class), so the same labels and seed give the same split on any machine, and a
+  class's split does not depend on the other classes.
+
+  Args:
+    labels: int [N] class of each example, >= 0.
+    fractions: {split: fraction} as in `split_counts` (priority order).
+    seed: int >= 0.
+  Returns:
+    {split: int64 [n_split] sorted indices into labels}; together every index once.
+  """
+  labels = np.asarray(labels)
+  parts = {split: [] for split in fractions}
+  for cls in np.unique(labels):
+    members = np.flatnonzero(labels == cls)
+    members = members[np.random.default_rng([seed, int(cls)]).permutation(len(members))]
+    start = 0
+    for split, count in split_counts(len(members), fractions).items():
+      parts[split].append(members[start:start + count])
+      start += count
+  return {split: np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64)
+          for split, p in parts.items()}
+
+
 # ----------------------------------------------------------------------------------------- TFDS builder
 
 
@@ -311,29 +377,98 @@ def _plan_captions(images_dir: str, captions_path: str, val_fraction: float, ima
           'validation': [e for e in entries if _is_val(e[0], val_fraction)]}
 
 
-def _plan_classes(images_dir: str, image_size: int, report: ImportReport) -> tuple[dict, list]:
-  classes = sorted(d for d in os.listdir(images_dir)
-                   if not d.startswith('.') and os.path.isdir(os.path.join(images_dir, d)))
-  entries, names = [], []
-  for cls in classes:
+def _class_files(images_dir: str, under: str = '') -> dict[str, list[str]]:
+  """{class: sorted image paths relative to images_dir} for the sub-directories of images_dir/under that hold
+  images (at any depth); hidden files and folders are ignored."""
+  root = os.path.join(images_dir, under)
+  out = {}
+  for cls in sorted(d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d))):
     files = []
-    for root, dirs, filenames in os.walk(os.path.join(images_dir, cls)):
+    for walk_root, dirs, filenames in os.walk(os.path.join(root, cls)):
       dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-      files += [os.path.relpath(os.path.join(root, f), images_dir) for f in filenames
+      files += [os.path.relpath(os.path.join(walk_root, f), images_dir) for f in filenames
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')]
     if files:
-      names.append(cls)
-      entries += [(f, len(names) - 1) for f in sorted(files)]
+      out[cls] = sorted(files)
+  return out
+
+
+def _split_folders(images_dir: str) -> dict[str, str]:
+  """{split: folder} when images_dir holds split folders (train/, val/ or validation/, test/), else {}.
+
+  Raises ValueError when split folders sit next to other folders (class folders at two levels) or when both
+  val/ and validation/ exist.
+  """
+  folders = [d for d in os.listdir(images_dir)
+             if not d.startswith('.') and os.path.isdir(os.path.join(images_dir, d))]
+  found = sorted(d for d in folders if d in SPLIT_FOLDERS)
+  if not found:
+    return {}
+  others = sorted(set(folders) - set(found))
+  if others:
+    raise ValueError(f'--images={images_dir!r} has split folders {found} next to other folders {others[:5]}; put '
+                     'every class folder under train/, val/ or test/ (DIR/train/<class>/...), or use class '
+                     'folders only (DIR/<class>/...).')
+  if 'val' in found and 'validation' in found:
+    raise ValueError(f'--images={images_dir!r} has both val/ and validation/; keep one of them.')
+  return {SPLIT_FOLDERS[d]: d for d in found}
+
+
+def _plan_classes(images_dir: str, val_fraction: float | None, test_fraction: float | None, seed: int,
+                  image_size: int, report: ImportReport) -> tuple[dict, list]:
+  """{split: [(relpath, label)]} and the class names, from split folders or a stratified hold-out (module
+  docstring). Images are verified before the hold-out, so its counts are of readable images."""
+  layout = _split_folders(images_dir)
+  if layout and (val_fraction is not None or test_fraction is not None):
+    raise ValueError(f'--images={images_dir!r} has split folders {sorted(layout.values())}, which give the '
+                     'splits; drop --val_fraction / --test_fraction.')
+  per_split = {split: _class_files(images_dir, folder) for split, folder in layout.items()} if layout else {
+      '': _class_files(images_dir)}
+  names = sorted(set().union(*per_split.values()))
   if not names:
-    raise ValueError(f'--images={images_dir!r} has no sub-directory with images ({", ".join(IMAGE_EXTENSIONS)});'
-                     ' --classes_from_subdirs expects DIR/<class>/<image files>.')
+    where = 'train/, val/ or test/' if layout else '--images'
+    raise ValueError(f'--images={images_dir!r}: no class folder with images ({", ".join(IMAGE_EXTENSIONS)}) under '
+                     f'{where}; --classes_from_subdirs expects DIR/<class>/<image files> or '
+                     'DIR/train/<class>/<image files>.')
+  label = {name: i for i, name in enumerate(names)}
+  planned = {split: _verify([(f, label[cls]) for cls, files in by_class.items() for f in files], images_dir,
+                            image_size, report) for split, by_class in per_split.items()}
   report.class_names = names
-  return {'test': _verify(entries, images_dir, image_size, report)}, names
+  if layout:
+    report.splits_from = 'the folders ' + ', '.join(f'{layout[s]}/' for s in SPLITS if s in layout)
+    return {split: planned[split] for split in SPLITS if split in planned}, names
+  val = CLASSES_VAL_FRACTION if val_fraction is None else val_fraction
+  test = CLASSES_TEST_FRACTION if test_fraction is None else test_fraction
+  entries = planned['']
+  train = max(0.0, round(1 - val - test, 9))  # 1 - 0.8 - 0.2 is not 0 in floats; a positive fraction gets >= 1.
+  parts = stratified_split(np.array([lab for _, lab in entries], np.int64),
+                           {'test': test, 'train': train, 'validation': val}, seed)
+  report.splits_from = f'held out per class (--val_fraction {val}, --test_fraction {test}, --seed {seed})'
+  return {split: [entries[i] for i in parts[split]] for split in SPLITS}, names
 
 
-def import_folder(images: str, name: str, data_dir: str, captions: str = '', val_fraction: float = 0.02,
-                  image_size: int = 0, classes_from_subdirs: bool = False) -> ImportReport:
+def _check_fractions(val_fraction: float | None, test_fraction: float | None, classes: bool):
+  """Captions: validation in [0, 1). Class folders: each in [0, 1], together at most 1 (defaults for None)."""
+  if not classes:
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+      raise ValueError(f'--val_fraction={val_fraction} must be in [0, 1).')
+    return
+  for flag, value in (('--val_fraction', val_fraction), ('--test_fraction', test_fraction)):
+    if value is not None and not 0 <= value <= 1:
+      raise ValueError(f'{flag}={value} must be in [0, 1].')
+  val = CLASSES_VAL_FRACTION if val_fraction is None else val_fraction
+  test = CLASSES_TEST_FRACTION if test_fraction is None else test_fraction
+  if val + test > 1:
+    raise ValueError(f'--val_fraction {val} + --test_fraction {test} exceeds 1; the rest of each class is train.')
+
+
+def import_folder(images: str, name: str, data_dir: str, captions: str = '', val_fraction: float | None = None,
+                  image_size: int = 0, classes_from_subdirs: bool = False, test_fraction: float | None = None,
+                  seed: int = 0) -> ImportReport:
   """Imports a folder (see the module docstring) into `data_dir/name/VERSION`; returns the report.
+
+  val_fraction None: CAPTIONS_VAL_FRACTION for captions, CLASSES_VAL_FRACTION for class folders.
+  test_fraction (None: CLASSES_TEST_FRACTION) and seed apply to class folders without split folders.
 
   Raises ValueError / FileNotFoundError for unusable arguments or when no image survives.
   """
@@ -347,14 +482,19 @@ def import_folder(images: str, name: str, data_dir: str, captions: str = '', val
     raise ValueError('give either --captions FILE (image-text pairs) or --classes_from_subdirs (class folders).')
   if captions and not os.path.isfile(captions):
     raise FileNotFoundError(f'--captions={captions!r} does not exist.')
-  if not 0 <= val_fraction < 1:
-    raise ValueError(f'--val_fraction={val_fraction} must be in [0, 1).')
+  if captions and test_fraction is not None:
+    raise ValueError('--test_fraction applies to --classes_from_subdirs; an image-caption import has the splits '
+                     'train and validation (--val_fraction).')
+  _check_fractions(val_fraction, test_fraction, classes_from_subdirs)
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f'--seed={seed!r} must be an integer >= 0.')
   images, data_dir = os.path.abspath(images), os.path.abspath(os.path.expanduser(data_dir))
   report = ImportReport()
   if classes_from_subdirs:
-    splits, class_names = _plan_classes(images, image_size, report)
-    source = f'class folders in {images}'
+    splits, class_names = _plan_classes(images, val_fraction, test_fraction, seed, image_size, report)
+    source = f'class folders in {images}, splits {report.splits_from}'
   else:
+    val_fraction = CAPTIONS_VAL_FRACTION if val_fraction is None else val_fraction
     splits, class_names = _plan_captions(images, captions, val_fraction, image_size, report), None
     source = f'images in {images} with captions from {os.path.abspath(captions)}'
   if not any(splits.values()):
@@ -390,24 +530,35 @@ def main(argv: Iterable[str] | None = None) -> ImportReport:
   parser.add_argument('--images', required=True, help='folder of images (or of class sub-folders)')
   parser.add_argument('--captions', default='', help='captions file: .jsonl or .csv/.tsv (columns image,caption)')
   parser.add_argument('--classes_from_subdirs', action='store_true',
-                      help='DIR/<class>/*.jpg -> a "test" split with a "label" ClassLabel feature')
+                      help='DIR/<class>/*.jpg or DIR/{train,val,test}/<class>/*.jpg -> splits train, validation, '
+                      'test with a "label" ClassLabel feature')
   parser.add_argument('--name', required=True, help='data set name (config.data.name)')
   parser.add_argument('--data_dir', default=os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'),
                       help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)')
-  parser.add_argument('--val_fraction', type=float, default=0.02, help='images held out as "validation"')
+  parser.add_argument('--val_fraction', type=float, default=None,
+                      help=f'images held out as "validation" (default {CAPTIONS_VAL_FRACTION}; class folders: per '
+                      f'class, default {CLASSES_VAL_FRACTION})')
+  parser.add_argument('--test_fraction', type=float, default=None,
+                      help=f'class folders: per class, images held out as "test" (default {CLASSES_TEST_FRACTION})')
+  parser.add_argument('--seed', type=int, default=0, help='class folders: seed of the per-class hold-out')
   parser.add_argument('--image_size', type=int, default=0,
                       help='> 0: resize so the shorter side is at most this, store JPEG; 0: store files as-is')
   args = parser.parse_args(argv)
   try:
     report = import_folder(args.images, args.name, args.data_dir, args.captions, args.val_fraction,
-                           args.image_size, args.classes_from_subdirs)
+                           args.image_size, args.classes_from_subdirs, args.test_fraction, args.seed)
   except (ValueError, FileNotFoundError) as e:
     parser.exit(2, f'error: {e}\n')
   print(report.summary())
   data_dir = os.path.dirname(os.path.dirname(report.path))
   if args.classes_from_subdirs:
-    print(f'zero-shot: --config.data.data_dir={data_dir} --config.evals.zeroshot.datasets="(\'{args.name}\',)" '
-          '--config.evals.zeroshot.templates=clip80')
+    written = {split for split, n in report.written.items() if n}
+    if 'test' in written:
+      print(f'zero-shot: --config.data.data_dir={data_dir} --config.evals.zeroshot.datasets="(\'{args.name}\',)" '
+            '--config.evals.zeroshot.templates=clip80')
+    if {'train', 'test'} <= written:
+      print(f'linear probe: --config.data.data_dir={data_dir} --config.evals.names="(\'linear_probe\',)" '
+            f'--config.evals.linear_probe.datasets="(\'{args.name}\',)"')
   else:
     print(f'train: python train.py --config configs/shapes.py:data={args.name} --config.data.data_dir={data_dir} '
           '--workdir DIR   (or configs/clip_b16.py:data=NAME, configs/siglip_b16.py:data=NAME)')
