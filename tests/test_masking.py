@@ -1,0 +1,285 @@
+"""Image token masking: FLIP's random masks, A-CLIP's attention scores, token selection, views, EMA and
+objective, each against a straightforward reference (numpy recomputation, an independent loss)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.tiny import tiny_config
+from vitclip import aclip, masking, run as run_lib, train_step
+from vitclip import checkpoint as checkpoint_lib
+from vitclip.config import validate
+from vitclip.errors import ConfigError
+from vitclip.models import TwoTower, l2_normalize
+from vitclip.models.vit import VisionTransformer, _keep_tokens
+
+ACLIP = {'aclip.enabled': True, 'aclip.mlp_hidden': 32, 'aclip.mlp_out': 16, 'aclip.unit': 1}
+
+
+def _tower(**kw):
+  m = VisionTransformer(variant='micro/8', image_size=32, embed_dim=16, **kw)
+  images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  return m, m.init(jax.random.key(1), images), images
+
+
+# ------------------------------------------------------------------------------------------ the tower
+
+
+def test_keep_all_tokens_is_the_plain_forward_and_order_free_for_gap():
+  m, p, x = _tower(pool='gap', cls_token=False)
+  every = jnp.broadcast_to(jnp.arange(16), (3, 16))
+  np.testing.assert_allclose(m.apply(p, x, keep=every), m.apply(p, x), atol=1e-5)
+  # Global attention + GAP is permutation invariant once position embeddings are added: dropping happens after.
+  perm = jnp.stack([jax.random.permutation(jax.random.key(i), 16) for i in range(3)])
+  np.testing.assert_allclose(m.apply(p, x, keep=perm), m.apply(p, x), atol=1e-5)
+  assert not np.allclose(m.apply(p, x, keep=every[:, :8]), m.apply(p, x), atol=1e-3)
+
+
+def test_kept_tokens_attend_by_their_original_grid_positions():
+  m = VisionTransformer(variant='micro/8', image_size=48, attention_radius=1, pool='gap', cls_token=True)
+  full = m._attention_mask(6, 6, 1)
+  keep = jnp.array([[0, 1, 7, 20, 35], [3, 4, 10, 11, 30]])
+  x = jnp.zeros((2, 37, 4))
+  _, mask = _keep_tokens(x, full, keep, 1)
+  for b in range(2):
+    yx = [(-1, -1)] + [divmod(int(i), 6) for i in keep[b]]
+    want = np.array([[i == 0 or j == 0 or (abs(yi - yj) <= 1 and abs(xi - xj) <= 1)
+                      for j, (yj, xj) in enumerate(yx)] for i, (yi, xi) in enumerate(yx)])
+    np.testing.assert_array_equal(np.asarray(mask[b, 0]), want)
+
+
+def _numpy_scores(m, p, x, rows_from_prefix: bool):
+  """A-CLIP's score recomputed from each block's query / key projections of its normalized input."""
+  _, state = m.apply(p, x, capture_intermediates=True, mutable=['intermediates'])
+  inter, params = state['intermediates']['Transformer'], p['params']['Transformer']
+  num_prefix = int(m.cls_token)
+  n = 16 + num_prefix
+  mask = m._attention_mask(4, 4, num_prefix)
+  layers = []
+  for i in range(len([k for k in params if k.startswith('encoderblock_')])):
+    y = np.asarray(inter[f'encoderblock_{i}']['LayerNorm_0']['__call__'][0], np.float64)
+    att = params[f'encoderblock_{i}']['MultiHeadDotProductAttention_0']
+    q = np.einsum('blw,whd->blhd', y, att['query']['kernel']) + np.asarray(att['query']['bias'])
+    k = np.einsum('blw,whd->blhd', y, att['key']['kernel']) + np.asarray(att['key']['bias'])
+    logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+    if mask is not None:
+      logits = np.where(np.asarray(mask), logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    rows = w[:, :, num_prefix:n] if rows_from_prefix else w[:, :, :1]
+    layers.append(rows.mean(axis=(1, 2)))
+  return np.mean(layers, axis=0)[:, num_prefix:].reshape(-1, 4, 4)
+
+
+@pytest.mark.parametrize('kw, rows_from_prefix', [
+    (dict(pool='tok'), False),  # CLS-to-patch attention (the paper).
+    (dict(pool='gap', cls_token=False, attention_radius=1), True),  # Mean over patch queries, local attention.
+])
+def test_token_scores_match_a_numpy_recomputation_from_q_and_k(kw, rows_from_prefix):
+  m, p, x = _tower(**kw)
+  got = m.apply(p, x, method=VisionTransformer.token_scores)
+  np.testing.assert_allclose(got, _numpy_scores(m, p, x, rows_from_prefix), rtol=1e-4, atol=1e-6)
+  emb, _ = m.apply(p, x, return_scores=True)
+  np.testing.assert_allclose(emb, m.apply(p, x), atol=1e-5)  # The scores come from the same forward.
+
+
+def test_token_scores_the_same_with_scan_and_remat():
+  m, p, x = _tower(pool='tok')
+  ms = VisionTransformer(variant='micro/8', image_size=32, embed_dim=16, pool='tok', scan=True,
+                         remat_policy='full')
+  blocks = [p['params']['Transformer'].pop(f'encoderblock_{i}') for i in range(2)]
+  stacked = {**p['params'], 'Transformer': {**p['params']['Transformer'],
+                                            'encoderblock': jax.tree.map(lambda *a: jnp.stack(a), *blocks)}}
+  for i, b in enumerate(blocks):
+    p['params']['Transformer'][f'encoderblock_{i}'] = b
+  np.testing.assert_allclose(ms.apply({'params': stacked}, x, method=VisionTransformer.token_scores),
+                             m.apply(p, x, method=VisionTransformer.token_scores), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------- selection
+
+
+def test_random_keep_draws_distinct_sorted_tokens_per_row():
+  keep = np.asarray(masking.random_keep(jax.random.key(0), 64, 36, 0.75))
+  assert keep.shape == (64, 9)
+  assert all(len(set(r)) == 9 and list(r) == sorted(r) and r.max() < 36 for r in keep)
+  assert len({tuple(r) for r in keep}) > 60  # A fresh mask per example.
+  np.testing.assert_array_equal(keep, masking.random_keep(jax.random.key(0), 64, 36, 0.75))
+  assert not np.array_equal(keep, masking.random_keep(jax.random.key(1), 64, 36, 0.75))
+
+
+def test_selection_keeps_exactly_the_top_units():
+  rng = np.random.default_rng(0)
+  scores = rng.random((5, 6, 6)).astype(np.float32)
+  units = scores.reshape(5, 3, 2, 3, 2).mean(axis=(2, 4)).reshape(5, 9)
+  k = masking.num_kept(9, 0.5)
+  for selection, want_units in (('high', np.argsort(-units, 1)[:, :k]), ('low', np.argsort(units, 1)[:, :k])):
+    keep = np.asarray(masking.select_by_score(jnp.asarray(scores), 0.5, 2, selection, jax.random.key(0)))
+    for b in range(5):
+      want = sorted((uy * 2 + dy) * 6 + ux * 2 + dx for u in want_units[b] for uy, ux in [divmod(u, 3)]
+                    for dy in range(2) for dx in range(2))
+      assert list(keep[b]) == want
+  mixed = np.asarray(masking.select_by_score(jnp.asarray(scores), 0.5, 1, 'mixture', jax.random.key(0)))
+  k = masking.num_kept(36, 0.5)
+  for b in range(5):
+    top = set(np.argsort(-scores[b].ravel())[:(k + 1) // 2])
+    assert len(set(mixed[b])) == k and top <= set(mixed[b])
+
+
+def test_scores_resampled_from_the_union_onto_a_view():
+  scores = jnp.arange(16.0).reshape(1, 4, 4)
+  whole = jnp.array([[0.0, 0.0, 1.0, 1.0]])
+  np.testing.assert_allclose(masking.scores_in_view(scores, whole, whole, 4), scores, atol=1e-5)
+  # The view is the union's top-left quarter: its 2 x 2 grid sits on the union's tokens 0, 1, 4, 5.
+  quarter = jnp.array([[0.0, 0.0, 0.5, 0.5]])
+  np.testing.assert_allclose(masking.scores_in_view(scores, whole, quarter, 2)[0], [[0, 1], [4, 5]], atol=1e-5)
+  boxes = masking.random_boxes(jax.random.key(0), 100, (0.5, 1.0))
+  assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, :2] + boxes[:, 2:] <= 1 + 1e-6)
+  assert np.all((boxes[:, 2] ** 2 >= 0.5 - 1e-6) & (boxes[:, 2] ** 2 <= 1 + 1e-6))
+  union = masking.union_box(boxes[:50], boxes[50:])
+  assert np.all(union[:, :2] <= np.minimum(boxes[:50, :2], boxes[50:, :2]) + 1e-6)
+  image = jnp.broadcast_to(jnp.arange(8.0)[None, :, None, None], (1, 8, 8, 1))  # Value = row index.
+  crop = masking.crop_resize(image, jnp.array([[0.5, 0.0, 0.5, 0.5]]), 4)
+  np.testing.assert_allclose(crop[0, :, 0, 0], [4, 5, 6, 7], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- A-CLIP
+
+
+def test_ema_momentum_schedule_and_update():
+  cfg = tiny_config('', **ACLIP).aclip
+  assert float(aclip.ema_momentum(cfg, 0, 100)) == pytest.approx(0.996)
+  assert float(aclip.ema_momentum(cfg, 50, 100)) == pytest.approx(0.998)
+  assert float(aclip.ema_momentum(cfg, 100, 100)) == pytest.approx(1.0)
+  ema, new = {'w': jnp.ones(3)}, {'w': jnp.arange(3.0)}
+  np.testing.assert_allclose(aclip.update_ema(ema, new, 0.9)['w'], 0.9 + 0.1 * np.arange(3.0), rtol=1e-6)
+
+
+def _build(tmp_path, devices=1, **overrides):
+  """A run of the tiny config on the first `devices` devices (one unless sharding is the point: compiles fast)."""
+  config = tiny_config(str(tmp_path), **overrides)
+  return run_lib.build(config, None, devices=jax.devices()[:devices], train=False, check_data=False,
+                       with_tokenizer=False)
+
+
+def _batch(run, seed=0):
+  c = run.config
+  rng = np.random.default_rng(seed)
+  return {'image': jnp.asarray(rng.standard_normal((c.batch_size, 32, 32, 3)), jnp.float32),
+          'tokens': jnp.asarray(rng.integers(3, c.model.text.vocab_size, (c.batch_size, 12)), jnp.int32)}
+
+
+def _infonce(a, b, t):
+  logits = t * a @ b.T
+  ce = lambda l: np.mean(np.log(np.exp(l).sum(1)) - np.diag(l))
+  return 0.5 * ce(logits) + 0.5 * ce(logits.T)
+
+
+def test_aclip_objective_matches_an_independent_recomputation(tmp_path):
+  """Each term recomputed from the public pieces; SimCLR must pair the two *different* masked views."""
+  run = _build(tmp_path, **ACLIP, **{'aclip.view_crop_scale': (0.3, 0.6)})
+  state = run_lib.create_state(run)
+  batch, key = _batch(run), jax.random.key(7)
+  loss, terms = jax.jit(aclip.loss_terms(run.model, run.config, run.mesh, train_step.loss_fn_from_config(
+      run.config, run.mesh)))(state.params, state.ema, batch, key)
+  a, params, model = run.config.aclip, jax.device_get(state.params), run.model
+  k1, k2, s1, s2 = jax.random.split(key, 4)
+  b = run.config.batch_size
+  boxes = [masking.random_boxes(k, b, a.view_crop_scale) for k in (k1, k2)]
+  union = masking.union_box(*boxes)
+  teacher = {'params': {**params, 'img': jax.device_get(state.ema)}}
+  target, scores = model.apply(teacher, masking.crop_resize(batch['image'], union, 32), return_scores=True,
+                               method=TwoTower.embed_image)
+  ztxt = np.asarray(model.apply({'params': params}, None, batch['tokens'])[1], np.float64)
+  t = float(np.exp(params['t']))
+  views = []
+  for box, k in zip(boxes, (s1, s2)):
+    keep = masking.select_by_score(masking.scores_in_view(scores, union, box, 4), 0.5, 1, 'high', k)
+    h = model.apply({'params': params}, masking.crop_resize(batch['image'], box, 32), keep=keep,
+                    method=TwoTower.embed_image)
+    views.append((h, *aclip.heads_from_config(run.config).apply({'params': params['aclip']}, h)))
+  norm = lambda z: np.asarray(l2_normalize(z), np.float64)
+  clip = sum(_infonce(norm(h), ztxt, t) for h, _, _ in views)
+  simclr = _infonce(norm(views[0][1]), norm(views[1][1]), 1 / a.simclr_temperature)
+  byol = np.mean([np.mean(2 - 2 * np.sum(norm(pred) * norm(target), -1)) for _, _, pred in views])
+  np.testing.assert_allclose([terms['clip'], terms['simclr'], terms['byol']], [clip, simclr, byol], rtol=2e-4)
+  same_view = _infonce(norm(views[0][1]), norm(views[0][1]), 1 / a.simclr_temperature)
+  assert abs(simclr - same_view) > 1e-2  # The views differ, so feeding one twice would be caught.
+  np.testing.assert_allclose(loss, 0.5 * clip + simclr + 2 * byol, rtol=2e-4)
+
+
+def test_aclip_step_updates_the_ema_and_shards_like_the_loss(tmp_path):
+  runs = {impl: _build(tmp_path, 4, **ACLIP, **{'loss.impl': impl}) for impl in ('dense', 'ring')}
+  out = {}
+  for impl, run in runs.items():
+    state = run_lib.create_state(run)
+    old_ema = jax.device_get(state.ema)
+    new, metrics = run_lib.compile_train_step(run)(state, _batch(run))
+    m = float(metrics['ema_momentum'])
+    assert m == pytest.approx(0.996)
+    want = jax.tree.map(lambda e, p: m * e + (1 - m) * p, old_ema, jax.device_get(new.params['img']))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), jax.device_get(new.ema), want)
+    out[impl] = metrics
+  for key in ('loss', 'clip', 'simclr', 'byol', 'grad_norm'):
+    np.testing.assert_allclose(out['ring'][key], out['dense'][key], rtol=1e-4)
+
+
+@pytest.mark.parametrize('overrides', [ACLIP, {'flip.mask_ratio': 0.5}])
+def test_masked_training_resumes_exactly(tmp_path, overrides):
+  """Masks come from fold_in(rng, step) and the EMA is in the checkpoint: 2 + 2 steps == 4 steps."""
+  run = _build(tmp_path, **overrides)
+  step = run_lib.compile_train_step(run)
+  batches = [_batch(run, seed) for seed in range(4)]
+  state = run_lib.create_state(run)
+  for i in range(2):
+    state, _ = step(state, batches[i])
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'w'))
+  ckpt.save(2, state, force=True)
+  ckpt.wait()
+  straight = state
+  for i in range(2, 4):
+    straight, _ = step(straight, batches[i])
+  resumed = ckpt.restore(run.abstract_state, step=2)
+  ckpt.close()
+  for i in range(2, 4):
+    resumed, _ = step(resumed, batches[i])
+  plain = lambda s: jax.device_get(s.replace(rng=jax.random.key_data(s.rng)))
+  jax.tree.map(np.testing.assert_array_equal, plain(resumed), plain(straight))
+
+
+# ----------------------------------------------------------------------------------------------- FLIP
+
+
+def test_flip_masks_in_training_and_not_in_the_unmasked_phase(tmp_path):
+  plain = _build(tmp_path)
+  flip = _build(tmp_path, **{'flip.mask_ratio': 0.5, 'flip.unmasked_steps': 3})  # total_steps 8.
+  state, batch = run_lib.create_state(plain), _batch(plain)
+  plain_loss = jax.jit(train_step.make_loss_and_grad(plain.model, plain.config, plain.mesh))(state, batch)[0]
+  flip_fn = jax.jit(train_step.make_loss_and_grad(flip.model, flip.config, flip.mesh))
+  assert abs(float(flip_fn(state, batch)[0]) - float(plain_loss)) > 1e-4  # Step 0: masked.
+  late = state.replace(step=jnp.int32(5))
+  np.testing.assert_allclose(flip_fn(late, batch)[0], plain_loss, rtol=1e-6)  # Steps 5-7: every token.
+
+
+def test_flip_grad_cache_equals_the_full_batch_gradient(tmp_path):
+  flip = {'flip.mask_ratio': 0.75}
+  full, cached = _build(tmp_path, 2, **flip), _build(tmp_path, 2, **flip, **{'grad_cache.microbatch': 8})
+  state, batch = run_lib.create_state(full), _batch(full)
+  lf, gf, _ = jax.jit(train_step.make_loss_and_grad(full.model, full.config, full.mesh))(state, batch)
+  lc, gc, _ = jax.jit(train_step.make_loss_and_grad(cached.model, cached.config, cached.mesh))(state, batch)
+  np.testing.assert_allclose(lc, lf, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), gc, gf)
+
+
+@pytest.mark.parametrize('overrides, field', [
+    ({'flip.mask_ratio': 1.0}, 'flip.mask_ratio'),
+    ({**ACLIP, 'aclip.unit': 3}, 'aclip.unit'),
+    ({**ACLIP, 'grad_cache.microbatch': 8}, 'grad_cache.microbatch'),
+    ({**ACLIP, 'flip.mask_ratio': 0.5}, 'flip.mask_ratio'),
+    ({**ACLIP, 'aclip.selection': 'top'}, 'aclip.selection'),
+    ({**ACLIP, 'aclip.view_crop_scale': (0.9, 0.5)}, 'aclip.view_crop_scale'),
+])
+def test_masking_config_mistakes_are_named_before_the_run(overrides, field):
+  with pytest.raises(ConfigError, match=f'config.{field}'):
+    validate(tiny_config('', **overrides), None, num_devices=8, check_data=False)
