@@ -219,4 +219,24 @@ def get_config(arg=None):
   c.evals.dense.input_sizes = ()
   c.evals.dense.sweep = False  # Also report every method x (KS+PD off / on): dense/<ds>/<method>[_kspd]/miou.
   c.evals.dense.num_overlays = 8  # PNGs image | prediction | truth in <workdir>/dense_overlays/; 0 = none.
+
+  # Linear probe and k-shot probes (vitclip/evaluators/linear_probe.py): multinomial logistic regression on frozen
+  # image features, L2 strength chosen on held-out data, refit on all of train, top-1 on the test split.
+  c.evals.linear_probe = ml_collections.ConfigDict()
+  c.evals.linear_probe.datasets = ()  # 'name' (classes in the ClassLabel feature 'label') or 'name:feature'.
+  c.evals.linear_probe.train_split = 'train'
+  c.evals.linear_probe.test_split = 'test'
+  # Held-out data for choosing l2: a split (e.g. 'validation'), or '' = a stratified val_fraction of train.
+  c.evals.linear_probe.val_split = ''
+  c.evals.linear_probe.val_fraction = 0.2
+  # Strengths l2 of mean cross-entropy + (l2 / 2) ||W||^2 (scikit-learn's C = 1 / (l2 * n) for n examples), on
+  # features centred and scaled to root mean square norm 1.
+  c.evals.linear_probe.l2_grid = tuple(10.0 ** (e / 2) for e in range(-14, 1))  # 1e-7 ... 1, x sqrt(10).
+  c.evals.linear_probe.shots = (1, 2, 4, 8, 16)  # k-shot probes: k training examples per class; () = none.
+  c.evals.linear_probe.draws = 5  # Seeded draws per k (mean and standard deviation reported).
+  c.evals.linear_probe.shots_l2 = 'search'  # 'search': l2 chosen per k on the held-out data; 'full': the full probe's.
+  c.evals.linear_probe.seed = 0  # Held-out part, k-shot draws, max_examples subsets.
+  c.evals.linear_probe.max_examples = 0  # Per split, a seeded random subset of at most N images; 0 = all.
+  c.evals.linear_probe.tol = 1e-5  # Converged when the largest absolute gradient entry is at most tol.
+  c.evals.linear_probe.max_steps = 1000  # L-BFGS steps per fit at most (a fit that stops there is a warning).
   return c

@@ -14,12 +14,13 @@ from typing import Sequence
 from absl import logging
 
 from vitclip.errors import ConfigError
-from vitclip.evaluators import common, dense, retrieval, zeroshot
+from vitclip.evaluators import common, dense, linear_probe, retrieval, zeroshot
 
 EVALUATORS = {
     'zeroshot': zeroshot.Zeroshot,
     'retrieval': retrieval.Retrieval,
     'dense': dense.Dense,
+    'linear_probe': linear_probe.LinearProbe,
 }
 
 
