@@ -161,22 +161,25 @@ def check_param_shapes(stored: dict[str, tuple[int, ...]], expected: dict[str, t
                         f'expects {tuple(shape)}. {fix}')
 
 
-def restore_params(path: str, abstract_params, fix: str = 'Use the config the checkpoint was written with.'):
+def restore_params(path: str, abstract_params, fix: str = 'Use the config the checkpoint was written with.',
+                   item: str = 'params'):
   """Restores only the params of a checkpoint directory `path` (a step dir or a workdir), from a params-only
   checkpoint (`save_params`) or a full train state, into `abstract_params` (ShapeDtypeStructs carrying the
   target shardings; a subtree such as {'img': ...} reads only that part).
 
   Shapes are checked against the checkpoint's metadata first: a missing key or a wrong shape is one ConfigError
-  naming the key and both shapes, followed by `fix`.
+  naming the key and both shapes, followed by `fix`. `item`: another field of a train state to read the same
+  way, e.g. 'ema' (A-CLIP's EMA image tower).
   """
   path = step_dir(path)
-  expected = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
-  check_param_shapes(stored_param_shapes(path), expected, path, fix)
+  if item == 'params':
+    expected = {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    check_param_shapes(stored_param_shapes(path), expected, path, fix)
   restored = ocp.PyTreeCheckpointer().restore(
       os.path.join(path, STATE),
       args=ocp.args.PyTreeRestore(
-          item={'params': abstract_params},
-          restore_args={'params': jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
-                                               abstract_params)},
+          item={item: abstract_params},
+          restore_args={item: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
+                                           abstract_params)},
           partial_restore=True))
-  return restored['params']
+  return restored[item]
