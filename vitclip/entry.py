@@ -64,4 +64,9 @@ def print_results(results: dict[str, float]):
   import jax
   if jax.process_index() == 0 and results:
     width = max(map(len, results))
-    print('\n'.join(f'{k:<{width}}  {v:8.4f}' for k, v in sorted(results.items())), flush=True)
+    print('\n'.join(f'{k:<{width}}  {_number(v)}' for k, v in sorted(results.items())), flush=True)
+
+
+def _number(value: float) -> str:
+  """Accuracies as 0.9970; tiny values (a probe's l2 of 1e-6) in exponent form instead of 0.0000."""
+  return f'{value:8.4f}' if value == 0 or abs(value) >= 1e-3 else f'{value:8.2e}'

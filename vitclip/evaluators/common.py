@@ -105,6 +105,13 @@ def metric_name(name: str) -> str:
   return name.replace('/', '_').replace(':', '_')
 
 
+def dataset_key(name: str, feature: str) -> str:
+  """Result key of a classification data set entry: 'shapes', 'label' -> 'shapes'; 'shapes', 'color' ->
+  'shapes_color'."""
+  key = metric_name(name)
+  return key if feature == 'label' else f'{key}_{feature}'
+
+
 def load_source(ctx: Context, name: str, split: str, max_examples: int = 0):
   """(source, info) of a split, limited to its first `max_examples` records (0: all). A generated data set
   ('shapes') is read with the settings of `config.data`, i.e. the version the model was trained on."""

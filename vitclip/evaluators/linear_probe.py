@@ -311,12 +311,6 @@ def _kshot(x_pool, y_pool, held, test, k: int, max_k: int, num_classes: int, pre
 # ---------------------------------------------------------------------------------------------- evaluator
 
 
-def result_key(name: str, feature: str) -> str:
-  """'shapes', 'label' -> 'shapes'; 'shapes', 'color' -> 'shapes_color' (as zero-shot's keys)."""
-  key = common.metric_name(name)
-  return key if feature == 'label' else f'{key}_{feature}'
-
-
 @dataclasses.dataclass
 class _Data:
   """One data set entry, opened once per run."""
@@ -445,7 +439,7 @@ class LinearProbe(common.Evaluator):
           self._sources[(name, self.cfg[field])] = _limit(source, self.cfg.max_examples, self.cfg.seed)
     if feature not in self._label_features[name]:
       self._label_features[name].append(feature)
-    return _Data(result_key(name, feature), name, feature, self._infos[name].features[feature].num_classes)
+    return _Data(common.dataset_key(name, feature), name, feature, self._infos[name].features[feature].num_classes)
 
   def run(self, params) -> dict[str, float]:
     try:

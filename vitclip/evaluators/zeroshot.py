@@ -28,12 +28,6 @@ class _Data:
   templates: tuple[str, ...]
 
 
-def result_key(name: str, feature: str) -> str:
-  """'shapes', 'label' -> 'shapes'; 'shapes', 'color' -> 'shapes_color'."""
-  key = common.metric_name(name)
-  return key if feature == 'label' else f'{key}_{feature}'
-
-
 def templates_for(cfg, key: str) -> tuple[str, ...]:
   """The prompts of result key `key`: `cfg.templates_for[key]` where given, else `cfg.templates`."""
   if key in cfg.templates_for:
@@ -66,7 +60,7 @@ class Zeroshot(common.Evaluator):
 
   def setup(self, name: str, feature: str) -> _Data:
     source, info = common.load_source(self.ctx, name, self.cfg.split)
-    key = result_key(name, feature)
+    key = common.dataset_key(name, feature)
     return _Data(key, feature, source, common.classnames_for(self.cfg, info, name, feature),
                  templates_for(self.cfg, key))
 
