@@ -31,6 +31,8 @@ if REPO_ROOT not in sys.path:  # Run as a script, only benchmarks/ is on the pat
   sys.path.insert(0, REPO_ROOT)
 # Importing jax starts no backend, so set_device_count still takes effect after this import.
 from vitclip import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vitclip.memory import (  # pylint: disable=wrong-import-position
+    FIELDS, memory_stats, set_device_count, train_step_memory)
 
 SWEEP_BATCHES = (1024, 4096, 16384, 32768)
 SWEEP_DEVICES = (8, 32, 64)
@@ -38,7 +40,6 @@ SWEEP_DEVICES = (8, 32, 64)
 RING_FLAT_TOLERANCE = 1.1
 # (devices, global batch) pairs with the same per-device batch b = 512 used by --check.
 CHECK_POINTS = ((8, 4096), (32, 16384), (64, 32768))
-FIELDS = ('argument', 'output', 'temp', 'alias', 'peak')
 MIB = 2.0**20
 
 
@@ -73,36 +74,7 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def set_device_count(n):
-  """Must run before jax starts a backend: XLA reads the flag once, when the CPU backend starts."""
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
-  os.environ['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={n}'])
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-
-
 # ------------------------------------------------------------------------------------------------ measuring
-
-
-def memory_stats(compiled):
-  """Per-device bytes of a compiled executable: {'argument', 'output', 'temp', 'alias', 'peak', ...} (ints).
-
-  Also 'generated_code' and 'xla_peak'. peak = argument + output + temp − alias + generated code: every buffer
-  the executable owns or receives, an upper bound on what it holds at once.
-  """
-  m = compiled.memory_analysis()
-  stats = {
-      'argument': int(m.argument_size_in_bytes),
-      'output': int(m.output_size_in_bytes),
-      'temp': int(m.temp_size_in_bytes),
-      'alias': int(m.alias_size_in_bytes),
-  }
-  stats['generated_code'] = int(getattr(m, 'generated_code_size_in_bytes', 0) or 0)
-  stats['peak'] = (stats['argument'] + stats['output'] + stats['temp'] - stats['alias']
-                   + stats['generated_code'])
-  # XLA's own heap-simulation peak where the backend reports one; informational (on CPU it can be below
-  # argument + temp, as it does not count every live buffer).
-  stats['xla_peak'] = int(getattr(m, 'peak_memory_in_bytes', 0) or 0)
-  return stats
 
 
 def measure_loss(batch, dim, devices, kind, impl, dtype='float32'):
@@ -157,18 +129,12 @@ def measure_step(args):
   """AOT-compiles the full train step (abstract state and batch; nothing is allocated or run)."""
   import jax  # pylint: disable=g-import-not-at-top  (after set_device_count)
 
-  from vitclip import run as run_lib, sharding
+  from vitclip import run as run_lib
   from vitclip.models import count_params
 
   run = run_lib.build(step_config(args), None, devices=jax.devices()[:args.devices], train=False,
                       check_data=False, with_tokenizer=False)
-  batch_sh = sharding.batch_sharding(run.mesh)
-  batch = {'image': jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), 'float32',
-                                         sharding=batch_sh),
-           'tokens': jax.ShapeDtypeStruct((args.batch, args.text_len), 'int32', sharding=batch_sh)}
-  start = time.perf_counter()
-  compiled = run_lib.compile_train_step(run).lower(run.abstract_state, batch).compile()
-  seconds = time.perf_counter() - start
+  stats = train_step_memory(run)  # Also 'devices' and 'compile_s'.
   params = run.abstract_state.params
   result = dict(program='train_step', model=args.model, text_variant=args.text_variant, batch=args.batch,
                 devices=args.devices, per_device_batch=args.batch // args.devices, kind=args.kind, impl=args.impl,
@@ -176,7 +142,7 @@ def measure_step(args):
                 text_len=args.text_len, grad_cache_microbatch=args.grad_cache_microbatch,
                 param_sharding=args.param_sharding, image_params=count_params(params['img']),
                 text_params=count_params(params['txt']))
-  return dict(result, **memory_stats(compiled), compile_s=round(seconds, 2), jax=jax.__version__)
+  return dict(result, **stats, jax=jax.__version__)
 
 
 # ------------------------------------------------------------------------------------------------ sweep

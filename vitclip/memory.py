@@ -1,0 +1,72 @@
+"""Per-device memory of the compiled train step from XLA's memory analysis: AOT compile, nothing allocated or run.
+
+  run = run_lib.build(config, None, train=False, check_data=False, with_tokenizer=False)
+  memory.train_step_memory(run)   # {'peak': bytes, 'argument', 'output', 'temp', 'alias', ..., 'compile_s'}
+
+Simulated CPU devices stand in for accelerators: the buffer assignment, and so the per-device argument / output /
+temp bytes, depend on the sharded program, not on the backend's speed. The device count is fixed when jax starts
+its CPU backend, so `set_device_count` must run before anything touches a device: measure in a fresh process
+(`benchmarks/memory.py`, `python -m vitclip.sweep --memory_only`).
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+FIELDS = ('argument', 'output', 'temp', 'alias', 'peak')
+
+
+def set_device_count(n: int):
+  """`n` simulated CPU devices; must run before jax starts a backend (XLA reads the flag once, at start)."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f]
+  os.environ['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={n}'])
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  # jax read JAX_PLATFORMS when it was imported; on a host with an accelerator the simulated devices are CPUs.
+  jax.config.update('jax_platforms', 'cpu')
+
+
+def memory_stats(compiled) -> dict[str, int]:
+  """Per-device bytes of a compiled executable: {'argument', 'output', 'temp', 'alias', 'peak', ...} (ints).
+
+  Also 'generated_code' and 'xla_peak'. peak = argument + output + temp − alias + generated code: every buffer
+  the executable owns or receives, an upper bound on what it holds at once.
+  """
+  m = compiled.memory_analysis()
+  stats = {
+      'argument': int(m.argument_size_in_bytes),
+      'output': int(m.output_size_in_bytes),
+      'temp': int(m.temp_size_in_bytes),
+      'alias': int(m.alias_size_in_bytes),
+  }
+  stats['generated_code'] = int(getattr(m, 'generated_code_size_in_bytes', 0) or 0)
+  stats['peak'] = (stats['argument'] + stats['output'] + stats['temp'] - stats['alias']
+                   + stats['generated_code'])
+  # XLA's own heap-simulation peak where the backend reports one; informational (on CPU it can be below
+  # argument + temp, as it does not count every live buffer).
+  stats['xla_peak'] = int(getattr(m, 'peak_memory_in_bytes', 0) or 0)
+  return stats
+
+
+def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The train step's batch as shapes carrying their shardings: image float32 [B, S, S, 3] (normalised pixels,
+  as vitclip/data/pipeline.py makes them), tokens int32 [B, L]; B = config.batch_size over the batch axes."""
+  from vitclip import sharding  # pylint: disable=g-import-not-at-top  (see train_step_memory)
+  batch_sh = sharding.batch_sharding(mesh)
+  b, size, length = config.batch_size, config.model.image.image_size, config.model.text.max_len
+  return {'image': jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32, sharding=batch_sh),
+          'tokens': jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=batch_sh)}
+
+
+def train_step_memory(run) -> dict:
+  """AOT-compiles `vitclip.run.compile_train_step(run)` (run: a `vitclip.run.Run`) on the abstract state and an
+  abstract batch; returns `memory_stats` of it plus 'devices' (of the mesh) and 'compile_s'."""
+  # Imported here: processes that measure a loss alone (benchmarks/memory.py --sweep starts dozens) would pay
+  # ~1.5 s each for the run stack.
+  from vitclip import run as run_lib  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  compiled = run_lib.compile_train_step(run).lower(run.abstract_state, abstract_batch(run.config, run.mesh))
+  compiled = compiled.compile()
+  return dict(memory_stats(compiled), devices=run.mesh.size, compile_s=round(time.perf_counter() - start, 2))
+
