@@ -1,0 +1,333 @@
+"""vitclip.sweep: the grid and what it derives, cells as ordinary resumable runs, a rerun that skips finished
+cells, a killed cell that resumes to the uninterrupted numbers, the outputs holding the cells' numbers, mistakes
+stopping before any cell runs, memory-only mode equal to measuring the step directly; vitclip.memory.
+
+One study (2 methods × 2 batches of tests/tiny.py, 128 examples per cell) runs once for the module; the tests
+read it, rerun it, or run a one-cell copy of it.
+"""
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import ablation_shapes
+from tests import tiny
+from vitclip import config as config_lib
+from vitclip import memory, run as run_lib, sweep, sweep_report
+from vitclip.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = 128  # batch 16: 8 steps, checkpoints at 4 and 8; batch 32: 4 steps.
+
+SWEEP_CONFIG = '''
+from configs import ablation_shapes
+
+
+def get_config(arg=None):
+  """arg: the methods, comma-separated (default clip,siglip)."""
+  c = ablation_shapes.get_config()
+  c.base = {base!r}
+  c.overrides = ablation_shapes.dotted({{'evals.names': ('zeroshot',)}})
+  c.methods = {{m: ablation_shapes.dotted(ablation_shapes.METHODS[m]) for m in ('clip', 'siglip')}}
+  c.axes.method = tuple(arg.split(',')) if arg else ('clip', 'siglip')
+  c.axes.batch = (16, 32)
+  c.extra_seeds = {{}}
+  c.examples_seen = {examples}
+  c.lr_reference_batch = 16
+  c.logs_per_cell = 8
+  c.ckpts_per_cell = 2
+  return c
+'''
+
+
+@pytest.fixture(scope='module')
+def sweep_config(tiny_data_dir, tmp_path_factory):
+  path = tmp_path_factory.mktemp('sweep_config') / 'tiny_sweep.py'
+  path.write_text(SWEEP_CONFIG.format(base=f'tests/tiny.py:{tiny_data_dir}', examples=EXAMPLES))
+  return str(path)
+
+
+def run_sweep(config: str, workdir: str, *args: str, wait: bool = True):
+  """`python -m vitclip.sweep` with the cells on one CPU device (saving 8 simulated devices' checkpoints takes
+  seconds each)."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+  env = dict(os.environ, XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']))
+  cmd = [sys.executable, '-m', 'vitclip.sweep', '--config', config, '--workdir', workdir, *args]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope='module')
+def study(sweep_config, tmp_path_factory):
+  """(workdir, stdout) of the uninterrupted study."""
+  workdir = str(tmp_path_factory.mktemp('study'))
+  proc = run_sweep(sweep_config, workdir)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return workdir, proc.stdout
+
+
+def cells_of(sweep_config):
+  return {c.name: c for c in sweep.make_cells(sweep.load_config_file(sweep_config))}
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def test_grid_derives_steps_lr_warmup_and_intervals(sweep_config):
+  sc = sweep.load_config_file(sweep_config)
+  cells = sweep.make_cells(sc)
+  assert [c.name for c in cells] == ['clip_b16_s0', 'clip_b32_s0', 'siglip_b16_s0', 'siglip_b32_s0']
+  base_lr = tiny.tiny_config('').optim.lr
+  for c in cells:
+    steps = EXAMPLES // c.batch
+    assert c.overrides['total_steps'] == steps and c.overrides['batch_size'] == c.batch
+    assert c.lr == pytest.approx(base_lr * (c.batch / 16) ** 0.5)  # lr_rule 'sqrt' from batch 16
+    assert c.overrides['optim.warmup_steps'] == round(0.1 * steps)
+    assert c.overrides['log_every'] == max(1, steps // 8) and c.overrides['ckpt_every'] == -(-steps // 2)
+    assert c.overrides['loss.kind'] == {'clip': 'softmax', 'siglip': 'sigmoid'}[c.method]
+  with sc.unlocked():
+    sc.lr_rule, sc.extra_seeds, sc.batches_for = 'linear', {32: (1, 2)}, {'siglip': (32,)}
+  cells = sweep.make_cells(sc)
+  assert [c.name for c in cells] == ['clip_b16_s0', 'clip_b32_s0', 'clip_b32_s1', 'clip_b32_s2', 'siglip_b32_s0',
+                                     'siglip_b32_s1', 'siglip_b32_s2']
+  assert cells[1].lr == pytest.approx(2 * base_lr)
+
+
+def test_print_commands_runs_nothing(sweep_config, tmp_path, capsys):
+  sc = sweep.load_config_file(sweep_config)
+  assert sweep.run_sweep(sc, sweep_config, str(tmp_path), [], print_commands=True) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 4 and all(line.startswith('python train.py --config tests/tiny.py:') for line in lines)
+  assert f'--workdir {tmp_path}/cells/siglip_b32_s0 ' in lines[3] and '--config.loss.kind=sigmoid' in lines[3]
+  assert not os.path.exists(tmp_path / 'cells')
+
+
+def test_mistakes_stop_before_any_cell_runs(sweep_config, tmp_path):
+  proc = run_sweep(sweep_config, str(tmp_path), "--config.axes.method=('clip','clipp')")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"Error: {sweep_config}: axes.method: 'clipp' is not in methods (clip, siglip)."]
+  assert not os.path.exists(tmp_path / 'cells')
+
+  def error(**fields):
+    sc = tiny.override(sweep.load_config_file(sweep_config), **fields)
+    with pytest.raises(ConfigError) as e:
+      sweep.check_sweep(sc, 'S')
+      sweep.validate_cells(sweep.make_cells(sc), jax.device_count(), check_data=True)
+    return str(e.value)
+
+  assert "S: lr_rule='cubic' is unknown" in error(lr_rule='cubic')
+  assert 'S: axes.batch: 48 do not divide examples_seen=128' in error(**{'axes.batch': (16, 48)})
+  assert "S: overrides: 'batch_size' is set by the sweep" in error(overrides={'batch_size': 8})
+  assert "cell clip_b16_s0: 'loss.kindd' is not a config field" in error(
+      **{'methods.clip': ablation_shapes.dotted({'loss.kindd': 'x'})})
+  # The config of a later cell: validated before anything runs, the cell named.
+  assert error(**{'methods.siglip': ablation_shapes.dotted({'loss.impl': 'ringg'})}).startswith(
+      "cell siglip_b16_s0: config.loss.impl='ringg' is unknown")
+  assert error(**{'axes.batch': (16, 4), 'examples_seen': 32}).startswith(
+      'cell clip_b4_s0: config.batch_size=4 is not divisible by the 8 data-parallel devices')
+
+
+# ------------------------------------------------------------------------------------------------ the study
+
+
+def test_cells_are_the_printed_train_commands(study, sweep_config):
+  workdir, stdout = study
+  for name, cell in cells_of(sweep_config).items():
+    assert f'{name}' in stdout
+    saved = run_lib.flat(read_json(os.path.join(workdir, 'cells', name, 'config.json')))
+    wanted = run_lib.flat(config_lib.resolve(sweep.cell_config(cell)))
+    tokenizer_fields = ('model.text.vocab_size', 'model.text.eos_id', 'model.text.pad_id')  # Set by its BPE.
+    assert {k: v for k, v in saved.items() if k not in tokenizer_fields} == {
+        k: v for k, v in wanted.items() if k not in tokenizer_fields}
+
+
+def test_outputs_hold_each_cells_numbers(study, sweep_config):
+  workdir, _ = study
+  results = read_json(os.path.join(workdir, 'results.json'))
+  assert results['held_fixed']['examples_seen'] == EXAMPLES and results['held_fixed']['lr_rule'] == 'sqrt'
+  records = {r['name']: r for r in results['cells']}
+  assert sorted(records) == sorted(cells_of(sweep_config))
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    rows = {row['name']: row for row in csv.DictReader(f)}
+  with open(os.path.join(workdir, 'report.md')) as f:
+    report = f.read()
+  for name, r in records.items():
+    cell_dir = os.path.join(workdir, 'cells', name)
+    assert r['status'] == 'done' and r['steps'] == EXAMPLES // r['batch']
+    assert r['metrics'] == read_json(os.path.join(cell_dir, 'eval_results.json'))
+    with open(os.path.join(cell_dir, 'metrics.jsonl')) as f:
+      rates = [row['samples_per_s'] for row in map(json.loads, f) if 'samples_per_s' in row]
+    assert len(rates) == r['steps'] and r['samples_per_s'] == statistics.median(rates[1:])
+    assert r['step_time_s'] == pytest.approx(r['batch'] / r['samples_per_s'])
+    mem = read_json(os.path.join(cell_dir, 'memory.json'))
+    assert r['peak_memory_bytes'] == mem['peak'] > 0 and mem['devices'] == 1
+    if r['batch'] == 32:  # tests/tiny.py trains 8 steps of 16.
+      assert r['config_diff']['batch_size'] == [16, 32] and r['config_diff']['total_steps'] == [8, 4]
+    assert float(rows[name]['samples_per_s']) == r['samples_per_s']
+    assert float(rows[name]['zeroshot/shapes/top1']) == r['metrics']['zeroshot/shapes/top1']
+    row = f'| {name} | done | {r["steps"]} | {r["lr"]:.3g} | {r["samples_per_s"]:,.0f} |'
+    assert row in report
+  assert records['siglip_b32_s0']['config_diff']['loss.kind'] == ['softmax', 'sigmoid']
+  top1 = {n: r['metrics']['zeroshot/shapes/top1'] for n, r in records.items()}
+  assert (f'| clip | {top1["clip_b16_s0"]:.4f} | {top1["clip_b32_s0"]:.4f} |\n'
+          f'| siglip | {top1["siglip_b16_s0"]:.4f} | {top1["siglip_b32_s0"]:.4f} |') in report
+  for png in ('metrics.png', 'throughput.png', 'memory.png'):
+    with open(os.path.join(workdir, png), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n', png
+    assert f'({png})' in report
+
+
+def test_report_only_rewrites_the_same_outputs(study, sweep_config):
+  workdir, _ = study
+  before = {n: open(os.path.join(workdir, n)).read() for n in ('results.json', 'results.csv', 'report.md')}
+  for name in before:
+    os.remove(os.path.join(workdir, name))
+  assert sweep.run_sweep(sweep.load_config_file(sweep_config), sweep_config, workdir, [], report_only=True) == 0
+  assert {n: open(os.path.join(workdir, n)).read() for n in before} == before
+
+
+def test_rerun_skips_finished_cells(study, sweep_config):
+  workdir, _ = study
+  cells = os.path.join(workdir, 'cells')
+  mtimes = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(cells) for f in files}
+  proc = run_sweep(sweep_config, workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.count('finished before: skipped') == 4
+  assert {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(cells) for f in files} == mtimes
+
+
+def test_a_killed_or_stopped_cell_resumes_to_the_uninterrupted_numbers(study, sweep_config, tmp_path):
+  """The study's clip_b16_s0 alone: its train.py is killed (SIGKILL) once its first checkpoint is written; the
+  rerun is stopped (SIGTERM to the sweep) while it resumes; the third run finishes it."""
+  workdir, cell = str(tmp_path), str(tmp_path / 'cells' / 'clip_b16_s0')
+  config, batch16 = f'{sweep_config}:clip', '--config.axes.batch=(16,)'
+
+  def run_until(ready, stop):
+    proc = run_sweep(config, workdir, batch16, wait=False)
+    deadline = time.time() + 300
+    while not ready():
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()
+      time.sleep(0.02)
+    stop(proc)
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stdout, stderr
+
+  def kill_cell(proc):
+    with open(f'/proc/{proc.pid}/task/{proc.pid}/children') as f:
+      (child,) = map(int, f.read().split())
+    os.kill(child, signal.SIGKILL)
+
+  def status():
+    return read_json(os.path.join(workdir, 'results.json'))['cells'][0]['status']
+
+  code, stdout, stderr = run_until(lambda: os.path.isdir(os.path.join(cell, 'checkpoints', '4', 'state')), kill_cell)
+  assert code == 1, stderr  # The failed cell is recorded; the sweep goes on to its end.
+  assert 'FAILED (killed by SIGKILL' in stdout and status() == 'failed'
+  assert not os.path.exists(os.path.join(cell, 'eval_results.json')), 'killed too late: the cell had finished'
+
+  def resuming():  # The summary, printed right before train.py's own signal handlers are set, then compiling.
+    with open(os.path.join(cell, 'train.out')) as f:
+      return '(resuming from step 4)' in f.read()
+  code, stdout, stderr = run_until(resuming, lambda proc: proc.send_signal(signal.SIGTERM))
+  assert code == 128 + signal.SIGTERM, stderr
+  assert 'Stopped by SIGTERM' in stderr and status() == 'stopped'
+  with open(os.path.join(cell, 'train.out')) as f:
+    assert 'Stopped by SIGTERM after step' in f.read()  # The cell got the signal and wrote a checkpoint.
+  assert not os.path.exists(os.path.join(cell, 'eval_results.json'))
+
+  rerun = run_sweep(config, workdir, batch16)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  reference = os.path.join(study[0], 'cells', 'clip_b16_s0')
+  assert losses(cell) == losses(reference)
+  assert read_json(os.path.join(cell, 'eval_results.json')) == read_json(
+      os.path.join(reference, 'eval_results.json'))
+  assert status() == 'done'
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def test_memory_only_equals_measuring_the_step_directly(sweep_config, tiny_data_dir, tmp_path):
+  workdir = str(tmp_path)
+  proc = run_sweep(f'{sweep_config}:siglip', workdir, '--memory_only', '--config.memory_devices=8',
+                   '--config.axes.batch=(32,)')
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  (record,) = read_json(os.path.join(workdir, 'results.json'))['cells']
+  assert record['name'] == 'siglip_b32_s0' and record['status'] == 'compiled'
+  assert os.listdir(os.path.join(workdir, 'cells', 'siglip_b32_s0')) == ['memory.json']  # Nothing trained.
+  # Directly: the cell's config by hand, with the vocabulary its BPE will have, on 8 of this process's devices.
+  config = tiny.override(tiny.tiny_config(tiny_data_dir), batch_size=32, total_steps=4,
+                         **{'loss.kind': 'sigmoid', 'optim.lr': record['lr'], 'evals.names': ('zeroshot',)})
+  config.model.text.vocab_size = config.tokenizer.vocab_size
+  run = run_lib.build(config, None, devices=jax.devices()[:8], train=False, check_data=False,
+                      with_tokenizer=False)
+  direct = memory.train_step_memory(run)
+  assert record['memory']['devices'] == direct['devices'] == 8
+  for field in memory.FIELDS:
+    assert record['memory'][field] == direct[field], field
+  with open(os.path.join(workdir, 'report.md')) as f:
+    assert '## peak memory per device (MiB; 8 devices)' in f.read()
+
+
+def test_memory_stats_counts_arguments_outputs_and_temporaries():
+  x = jax.ShapeDtypeStruct((256, 1024), jnp.float32)  # 1 MiB
+  compiled = jax.jit(lambda a: (a @ a.T).sum() + a * 2).lower(x).compile()
+  stats = memory.memory_stats(compiled)
+  assert stats['argument'] == 2**20 and stats['output'] == 2**20
+  assert stats['peak'] == stats['argument'] + stats['output'] + stats['temp'] - stats['alias'] + \
+      stats['generated_code']
+
+
+def test_benchmark_measures_through_the_library():
+  sys.path.insert(0, ROOT)
+  from benchmarks import memory as bench  # pylint: disable=g-import-not-at-top
+  loss = bench.measure_loss(64, 16, 8, 'sigmoid', 'ring')
+  assert loss['program'] == 'loss' and loss['per_device_batch'] == 8 and loss['temp'] > 0
+  args = bench.parse_args(['--model', 'micro/8', '--text_variant', 'micro', '--image_size', '32', '--text_len',
+                           '12', '--vocab_size', '300', '--embed_dim', '32', '--batch', '16', '--devices', '1',
+                           '--remat', 'none'])
+  step = bench.measure_step(args)
+  assert step['program'] == 'train_step' and step['devices'] == 1 and step['batch'] == 16
+  assert step['peak'] == step['argument'] + step['output'] + step['temp'] - step['alias'] + step['generated_code']
+  assert step['argument'] > 4 * (step['image_params'] + step['text_params'])  # Params, Adam's moments, batch.
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def test_tables_average_seeds_and_show_their_spread(tmp_path):
+  def record(method, batch, seed, top1, sps):
+    return {'name': f'{method}_b{batch}_s{seed}', 'method': method, 'batch': batch, 'seed': seed, 'steps': 4,
+            'lr': 1e-3, 'status': 'done', 'metrics': {'top1': top1}, 'samples_per_s': sps,
+            'step_time_ms': batch / sps * 1e3, 'peak_memory_bytes': batch * 2**20,
+            'memory': {'devices': 1, 'peak': batch * 2**20}}
+  records = [record('clip', 16, 0, 0.4, 100.0), record('clip', 16, 1, 0.6, 300.0), record('clip', 64, 0, 0.7, 400.0),
+             record('siglip', 16, 0, 0.5, 150.0)]
+  table = sweep_report.grid_table(records, sweep_report._metric('top1'), '{:.4f}')
+  assert table.splitlines() == ['| method | 16 | 64 |', '|---|---|---|',
+                                '| clip | 0.5000 [0.4000, 0.6000] | 0.7000 |', '| siglip | 0.5000 | – |']
+  assert sweep_report.write_plots(records, ['top1'], str(tmp_path)) == ['metrics.png', 'throughput.png',
+                                                                        'memory.png']
