@@ -34,6 +34,11 @@ def get_config(arg=None):
   c.data.std = (0.5, 0.5, 0.5)
   c.data.crop_scale = (0.8, 1.0)  # Random-resized-crop area range (train only); (1, 1) disables cropping.
   c.data.flip = False  # Horizontal flips would contradict "left of"/"right of" captions.
+  # Captions of a labelled data set (contrastive fine-tuning, configs/finetune.py): '' reads the records' own
+  # captions; a template set ('clip80', 'clip7') or templates joined by '|' ('a photo of a {}.|a {}.') makes each
+  # example's captions from the class name of its ClassLabel feature `label_feature`, one template drawn per step.
+  c.data.caption_templates = ''
+  c.data.label_feature = 'label'
   # Settings of the generated `shapes` data set (ignored for other data sets).
   c.data.shapes = ml_collections.ConfigDict()
   c.data.shapes.image_size = 64

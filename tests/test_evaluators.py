@@ -439,7 +439,7 @@ def test_dense_batch_fn_plain_and_sliding_windows(ctx, params):
 
 
 def test_templates_from_the_command_line_string():
-  from vitclip.evaluators import templates
+  from vitclip import templates
   assert templates.get_templates('a photo of a {}.| a satellite photo of a {}. ') == (
       'a photo of a {}.', 'a satellite photo of a {}.')
   assert len(templates.get_templates('clip80')) == 80 and len(templates.get_templates('clip7')) == 7

@@ -164,6 +164,13 @@ def _check_data(config, problems: list):
                     "vitclip.data.folder, a TFDS data set prepared under config.data.data_dir, or 'shapes' "
                     '(generated), e.g. --config.data.name=my_photos.')
     return
+  if config.data.caption_templates:
+    from vitclip import templates as templates_lib
+    try:
+      templates_lib.get_templates(config.data.caption_templates, 'config.data.caption_templates')
+    except ConfigError as e:
+      problems.append(str(e))
+      return
   if generated.is_generated(name):
     try:
       generated.resolve(name, config.data)
@@ -171,8 +178,10 @@ def _check_data(config, problems: list):
       problems.append(f'config.data.{generated.GENERATED[name].settings_field}: {e}')
     return
   try:
-    source, _ = sources.load_source(name, config.data.train_split, sources.data_dir(config))
-    sources.decode_captions(source[0])
+    source, info = sources.load_source(name, config.data.train_split, sources.data_dir(config))
+    sources.caption_reader(config.data, info)(source[0])
+  except ConfigError as e:
+    problems.append(str(e))
   except (FileNotFoundError, ValueError) as e:
     problems.append(f'config.data.name={name!r}: {e}')
   except (IndexError, sources.BadRecordError) as e:

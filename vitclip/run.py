@@ -238,10 +238,11 @@ def setup_tokenizer(config, workdir: str, may_train: bool = True) -> Tokenizer:
     raise ConfigError(f'{path} does not exist and config.tokenizer.path is empty: evaluate a run directory that '
                       'holds its tokenizer (eval.py --workdir RUN), or set --config.tokenizer.path.')
   if not os.path.exists(path) and jax.process_index() == 0:
-    source, _ = generated.load_source(config.data.name, config.data.train_split, config.data,
-                                      sources.data_dir(config))
+    source, info = generated.load_source(config.data.name, config.data.train_split, config.data,
+                                         sources.data_dir(config))
     n = min(len(source), config.tokenizer.train_captions)
-    captions = (c for i in range(n) for c in _captions_or_empty(source, i))
+    read = sources.caption_reader(config.data, info)
+    captions = (c for i in range(n) for c in _captions_or_empty(read, source, i))
     tok = train_bpe(captions, config.tokenizer.vocab_size, config.tokenizer.lowercase)
     tmp = path + '.tmp'
     tok.save(tmp)
@@ -250,9 +251,9 @@ def setup_tokenizer(config, workdir: str, may_train: bool = True) -> Tokenizer:
   return Tokenizer.from_file(path, max_len)
 
 
-def _captions_or_empty(source, i):
+def _captions_or_empty(read, source, i):
   try:
-    return sources.decode_captions(source[i])
+    return read(source[i])
   except sources.BadRecordError:
     return []
 

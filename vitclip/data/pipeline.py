@@ -88,15 +88,19 @@ class SkipCounter:
 
 @dataclasses.dataclass
 class TrainExample(grain.transforms.RandomMap):
-  """record -> {'image': f32 [S, S, 3], 'tokens': int32 [L]}, or None (skipped) for a bad record."""
+  """record -> {'image': f32 [S, S, 3], 'tokens': int32 [L]}, or None (skipped) for a bad record.
+
+  captions: record -> its captions (`sources.caption_reader`); one is drawn per example.
+  """
   spec: ImageSpec
   tokenize: Callable[[list[str]], np.ndarray]
   skipped: SkipCounter
+  captions: Callable[[dict], list[str]] = sources.decode_captions
 
   def random_map(self, record, rng: np.random.Generator):
     try:
       image = sources.decode_image(record)
-      captions = sources.decode_captions(record)
+      captions = self.captions(record)
     except sources.BadRecordError as e:
       self.skipped.add(e)
       return None
@@ -125,15 +129,16 @@ class TrainIterator:
 
 def make_train_iterator(config, tokenize: Callable[[list[str]], np.ndarray], mesh) -> TrainIterator:
   """Builds the training stream over `config.data.train_split` for this process."""
-  source, _ = generated.load_source(config.data.name, config.data.train_split, config.data,
-                                    sources.data_dir(config))
+  source, info = generated.load_source(config.data.name, config.data.train_split, config.data,
+                                       sources.data_dir(config))
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
                      f'{jax.process_count()} processes.')
   skipped = SkipCounter()
   ds = grain.MapDataset.source(source).seed(config.data.shuffle_buffer_seed).shuffle().repeat()
   # Augmentation randomness is keyed by the global position, so it is the same for any process count.
-  ds = ds.random_map(TrainExample(ImageSpec.from_config(config, train=True), tokenize, skipped))
+  ds = ds.random_map(TrainExample(ImageSpec.from_config(config, train=True), tokenize, skipped,
+                                  sources.caption_reader(config.data, info)))
   ds = ds[jax.process_index()::jax.process_count()]
   read = grain.ReadOptions(num_threads=max(1, config.data.num_workers), prefetch_buffer_size=config.data.prefetch
                            * config.batch_size // jax.process_count())

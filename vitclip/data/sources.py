@@ -14,6 +14,7 @@ import io
 import os
 import re
 import zlib
+from typing import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -297,6 +298,32 @@ def _text(value) -> str:
       raise BadRecordError(f'caption is not valid UTF-8: {value[:60]!r}') from None
     return value
   raise BadRecordError(f'caption has type {type(value).__name__}; expected text.')
+
+
+def caption_reader(data_config, info) -> Callable[[dict], list[str]]:
+  """record -> its training captions: `decode_captions`, or with `data_config.caption_templates` set, every
+  template filled with the class name of the record's `data_config.label_feature` (a ClassLabel of `info`).
+
+  Raises ValueError (naming the field) when the feature is missing or not a ClassLabel.
+  """
+  if not data_config.caption_templates:
+    return decode_captions
+  from vitclip import templates as templates_lib  # pylint: disable=g-import-not-at-top  (a leaf module)
+  prompts = templates_lib.get_templates(data_config.caption_templates, 'config.data.caption_templates')
+  feature = data_config.label_feature
+  names = getattr(info.features[feature] if feature in info.features else None, 'names', None)
+  if not names:
+    raise ValueError(f'config.data.label_feature={feature!r} is not a ClassLabel feature of the data set (it has '
+                     f'{sorted(info.features)}); captions from class names need one, e.g. the `label` of a '
+                     'class-folder import.')
+  captions = [[t.format(name.replace('_', ' ')) for t in prompts] for name in names]
+
+  def read(record) -> list[str]:
+    try:
+      return captions[int(record[feature])]
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+      raise BadRecordError(f'record has no valid {feature!r} label ({e}).') from None
+  return read
 
 
 def decode_captions(record) -> list[str]:

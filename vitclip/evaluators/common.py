@@ -1,7 +1,7 @@
 """What every evaluator shares: the run's context with its jitted encoders, evaluation data sets by name (read,
 batched, gathered, checked), the text classifier, and the `Evaluator` base class.
 
-An evaluator module imports this one (and the leaf helpers metrics / overlays / templates), never another
+An evaluator module imports this one (and the leaf helpers metrics / overlays, and vitclip.templates), never another
 evaluator. Evaluators are built once per run (`vitclip.evaluators.Suite`): the context caches its jitted
 encoders and each evaluator opens its data sets and builds its jitted functions in `__init__`; `run(params)`
 then only evaluates, so periodic evaluation never retraces. Params are an argument all the way down (never

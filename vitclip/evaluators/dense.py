@@ -55,10 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vitclip import sharding
+from vitclip import sharding, templates as templates_lib
 from vitclip.data import sources
 from vitclip.errors import ConfigError
-from vitclip.evaluators import common, metrics, overlays, templates as templates_lib
+from vitclip.evaluators import common, metrics, overlays
 from vitclip.models.variants import decode_variant
 
 METHODS = ('none', 'maskclip', 'reduced', 'sclip', 'clearclip')

@@ -12,8 +12,9 @@ import os
 import jax
 import numpy as np
 
+from vitclip import templates as templates_lib
 from vitclip.data import pipeline, sources
-from vitclip.evaluators import common, templates as templates_lib
+from vitclip.evaluators import common
 
 PREFIX = 'config.evals.zeroshot'
 

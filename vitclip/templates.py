@@ -1,4 +1,5 @@
-"""Prompt template sets for zero-shot classifiers. `{}` is replaced by the class name.
+"""Prompt template sets: zero-shot classifiers' prompts and the captions made from class names for contrastive
+fine-tuning on a labelled data set (config.data.caption_templates). `{}` is replaced by the class name.
 
 Prompts for one data set (the shapes world's, say) are config values, not sets here: `templates` takes any
 '|'-joined list, and `config.evals.zeroshot.templates_for` overrides it per result key.
