@@ -58,7 +58,8 @@ TRAIN_PY = os.path.join(REPO_ROOT, 'train.py')
 
 # lr = base lr × (batch / lr_reference_batch) ** power.
 LR_RULES = {'none': 0.0, 'linear': 1.0, 'sqrt': 0.5}
-SWEEP_FIELDS = ('base', 'base_for', 'overrides', 'methods', 'axes', 'extra_seeds', 'batches_for', 'examples_seen',
+SWEEP_FIELDS = ('base', 'base_for', 'overrides', 'methods', 'axes', 'extra_seeds', 'extra_seeds_methods',
+                'batches_for', 'examples_seen',
                 'lr_rule', 'lr_reference_batch', 'warmup_fraction', 'logs_per_cell', 'ckpts_per_cell',
                 'memory_only', 'memory_devices')
 AXES = ('method', 'batch', 'seed')
@@ -172,8 +173,9 @@ def _grid_problems(sc) -> list[str]:
               if m not in sc.methods]
   problems += [f'axes.method: {m!r}: use letters, digits, - and _ (it names a directory).' for m in methods
                if not re.fullmatch(r'[A-Za-z0-9_-]+', m)]
-  for field in ('batches_for', 'base_for'):
-    problems += [f'{field}: {m!r} is not in axes.method {methods}.' for m in sc[field] if m not in methods]
+  for field in ('batches_for', 'base_for', 'extra_seeds_methods'):  # May name methods the axes leave out.
+    problems += [f'{field}: {m!r} is not in methods ({", ".join(sc.methods)}).' for m in sc[field]
+                 if m not in sc.methods]
   batches = {b for m in methods for b in sc.batches_for.get(m, sc.axes.batch)}
   problems += [f'axes.batch: {b!r} is not a positive integer.' for b in batches if not _is_int(b) or b < 1]
   batches = sorted(b for b in batches if _is_int(b) and b >= 1)
@@ -202,11 +204,13 @@ def _is_int(x) -> bool:
 
 
 def make_cells(sc) -> list[Cell]:
-  """The grid: axes.method × (batches_for[method] or axes.batch) × (axes.seed + extra_seeds[batch])."""
+  """The grid: axes.method × (batches_for[method] or axes.batch) × (axes.seed + extra_seeds[batch], the extra
+  seeds only for the methods in extra_seeds_methods when it names any)."""
   cells = []
   for method in sc.axes.method:
+    extra = sc.extra_seeds if method in sc.extra_seeds_methods or not sc.extra_seeds_methods else {}
     for batch in sc.batches_for.get(method, sc.axes.batch):
-      for seed in dict.fromkeys(tuple(sc.axes.seed) + tuple(sc.extra_seeds.get(batch, ()))):
+      for seed in dict.fromkeys(tuple(sc.axes.seed) + tuple(extra.get(batch, ()))):
         cells.append(make_cell(sc, method, batch, seed))
   return cells
 
