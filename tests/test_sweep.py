@@ -113,6 +113,10 @@ def test_grid_derives_steps_lr_warmup_and_intervals(sweep_config):
   assert [c.name for c in cells] == ['clip_b16_s0', 'clip_b32_s0', 'clip_b32_s1', 'clip_b32_s2', 'siglip_b32_s0',
                                      'siglip_b32_s1', 'siglip_b32_s2']
   assert cells[1].lr == pytest.approx(2 * base_lr)
+  with sc.unlocked():
+    sc.extra_seeds_methods = ('siglip',)  # Only SigLIP gets the extra seeds.
+  assert [c.name for c in sweep.make_cells(sc)] == ['clip_b16_s0', 'clip_b32_s0', 'siglip_b32_s0', 'siglip_b32_s1',
+                                                    'siglip_b32_s2']
 
 
 def test_print_commands_runs_nothing(sweep_config, tmp_path, capsys):
