@@ -269,10 +269,9 @@ def _barrier(name: str):
 
 def init_run_params(model, config, rng):
   """The trained params of a fresh run: the model's, plus A-CLIP's heads under 'aclip' when enabled."""
-  model_rng, heads_rng = jax.random.split(rng)
-  params = init_params(model, model_rng)
+  params = init_params(model, rng)  # The same model init whatever else the run trains.
   if config.aclip.enabled:
-    params = {**params, 'aclip': aclip.init_heads(config, heads_rng)}
+    params = {**params, 'aclip': aclip.init_heads(config, jax.random.fold_in(rng, 1))}
   return params
 
 
