@@ -31,7 +31,7 @@ def full_batch_grads(run, batch):
   loss_fn = train_step_lib.loss_fn_from_config(run.config, run.mesh)
   fn = train_step_lib.full_batch_loss_and_grad(run.model, loss_fn)
   state = run_lib.create_state(run)
-  loss, grads = jax.jit(fn)(state.params, batch)
+  loss, grads = jax.jit(fn)(state.params, batch, None)  # None: every image token.
   return loss, grads, state
 
 
@@ -46,7 +46,7 @@ def test_grad_cache_equals_full_batch_gradient(kind, impl, micro):
   batch = batch_for(run)
   loss, grads, state = full_batch_grads(run, batch)
   cached = train_step_lib.make_loss_and_grad(run.model, run.config, run.mesh)
-  loss_gc, grads_gc = jax.jit(cached)(state.params, batch)
+  loss_gc, grads_gc, _ = jax.jit(cached)(state, batch)
   extras = {'t': logit_params(state.params)[0]}  # What the train step reports as t.
   np.testing.assert_allclose(loss_gc, loss, rtol=1e-5)
   assert_trees_close(grads_gc, grads, 1e-5)
