@@ -500,14 +500,19 @@ def train_cells(cells: list[Cell], workdir: str, signals: ForwardSignals):
 # ------------------------------------------------------------------------------------------------ command line
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (configs/ablation_shapes.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the study: cells/<name>/ and the report.')
-_PRINT = flags.DEFINE_bool('print_commands', False, 'Print one train.py command per cell and run nothing.')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Rewrite the report from the cell directories.')
-_MEMORY_ONLY = flags.DEFINE_bool('memory_only', False, 'Compile each cell at its real scale and report memory '
-                                 'only (as config field memory_only).')
-_MEASURE = flags.DEFINE_list('measure_cells', None, 'Internal: measure these cells in this process.')
+def define_flags():
+  """The command line's flags, defined only when this module runs as the program: importing it (tests, other
+  tools with their own --config) must not claim absl's global flag names."""
+  global _CONFIG, _WORKDIR, _PRINT, _REPORT_ONLY, _MEMORY_ONLY, _MEASURE
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep config file (configs/ablation_shapes.py).',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the study: cells/<name>/ and the report.')
+  _PRINT = flags.DEFINE_bool('print_commands', False, 'Print one train.py command per cell and run nothing.')
+  _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Rewrite the report from the cell directories.')
+  _MEMORY_ONLY = flags.DEFINE_bool('memory_only', False, 'Compile each cell at its real scale and report memory '
+                                   'only (as config field memory_only).')
+  _MEASURE = flags.DEFINE_list('measure_cells', None, 'Internal: measure these cells in this process.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
@@ -533,7 +538,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  define_flags()
   if REPO_ROOT not in sys.path:  # configs/ is a top-level package next to vitclip/ (sweep and base configs).
     sys.path.insert(0, REPO_ROOT)
   app.run(main, flags_parser=entry.parse_flags)
