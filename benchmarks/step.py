@@ -66,7 +66,7 @@ def model_flops(run: run_lib.Run, state, batch) -> int:
 def random_batch(config, mesh):
   size, length, b = config.model.image.image_size, config.model.text.max_len, config.batch_size
   rng = np.random.default_rng(0)
-  batch = {'image': rng.standard_normal((b, size, size, 3), np.float32),
+  batch = {'image': rng.integers(0, 256, (b, size, size, 3), np.uint8),  # Pixels, as the pipeline feeds them.
            'tokens': rng.integers(1, config.model.text.vocab_size, (b, length)).astype(np.int32)}
   return jax.device_put(batch, sharding.batch_sharding(mesh))
 

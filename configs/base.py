@@ -133,6 +133,16 @@ def get_config(arg=None):
   c.aclip.mlp_hidden = 4096  # Hidden width of the SimCLR projection and the BYOL predictor MLPs.
   c.aclip.mlp_out = 256  # Output width of the SimCLR projection (the predictor outputs embed_dim).
 
+  # Classifier fine-tuning (vitclip/classifier.py): the image tower plus a linear head initialised from the
+  # zero-shot classifier of init_from's text tower, cross-entropy on the labels of `data.label_feature`. Only the
+  # image tower and the head train. Evaluate with evals.names=('classifier',) (WiSE-FT mixes included).
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.enabled = False
+  c.classifier.label_smoothing = 0.0
+  # Prompts of the head's initial (zero-shot) classifier: '' = data.caption_templates, else evals.zeroshot's.
+  c.classifier.templates = ''
+  c.classifier.num_classes = 0  # Filled in from the data set's `data.label_feature` ClassLabel.
+
   # ----------------------------------------------------------- optimizer
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
@@ -145,6 +155,8 @@ def get_config(arg=None):
   c.optim.weight_decay = 1e-4  # Decoupled; not applied to norms, biases, embeddings, t, b.
   c.optim.clip_norm = 1.0  # Global-norm gradient clipping; 0 disables.
   c.optim.frozen = ''  # Regex of parameter paths to freeze (LiT: '^img/').
+  # Layer-wise lr decay (BEiT): block i of L gets lr x layer_decay^(L - i), the embeddings ^(L + 1); 1 = off.
+  c.optim.layer_decay = 1.0
 
   # ---------------------------------------------------- mesh & sharding
   # Axis names and sizes; -1 takes the remaining devices. The batch is sharded over every axis but 'model'.
@@ -244,4 +256,10 @@ def get_config(arg=None):
   c.evals.linear_probe.max_examples = 0  # Per split, a seeded random subset of at most N images; 0 = all.
   c.evals.linear_probe.tol = 1e-5  # Converged when the largest absolute gradient entry is at most tol.
   c.evals.linear_probe.max_steps = 1000  # L-BFGS steps per fit at most (a fit that stops there is a warning).
+
+  # A classifier fine-tuning run's head (vitclip/evaluators/classifier.py): top-1 of the fine-tuned model and of
+  # the WiSE-FT mixes (1 - alpha) zero-shot + alpha fine-tuned, on config.data.name by data.label_feature.
+  c.evals.classifier = ml_collections.ConfigDict()
+  c.evals.classifier.split = 'test'
+  c.evals.classifier.wise_alphas = (0.0, 0.5)  # 0 = the zero-shot model (init_from and the zero-shot head).
   return c

@@ -553,3 +553,23 @@ def test_converter_is_optional_for_the_rest_of_vitclip():
           'bad = [m for m in ("torch", "transformers") if m in sys.modules]; assert not bad, bad')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run([sys.executable, '-c', code], cwd=root, check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_finetuning_starts_from_a_converted_hf_clip(clip, tiny_data_dir, tmp_path):
+  """configs/finetune.py on a converted directory: contrastive and classifier fine-tuning run end to end with
+  DIR's model, tokenizer and loss; the classifier's WiSE-FT alpha = 0 is zero-shot with the converted towers."""
+  from configs import finetune
+  from tests.tiny import override, tiny_config
+  from vitclip import trainer
+  out = str(tmp_path / 'out')
+  convert(clip['folder'], out)
+  shapes = tiny_config(tiny_data_dir).data.shapes  # The tiny shapes world the other tests already generated.
+  results = {}
+  for method in ('contrastive', 'classifier'):
+    config = finetune.get_config(f'{out},shapes,method={method},steps=2,warmup=1,batch=16,lr=1e-4,templates=a {{}}.')
+    override(config, **{'data.data_dir': tiny_data_dir, 'evals.batch_size': 32, 'ckpt_every': 2})
+    config.data.shapes.update(shapes.to_dict())
+    assert (config.init_from, config.loss.kind, config.model.image.act) == (out, 'softmax', 'quick_gelu')
+    results.update(trainer.train(config, str(tmp_path / method)))
+  assert set(results) >= {'zeroshot/shapes/top1', 'classifier/shapes/top1', 'classifier/shapes/wise_0/top1'}
+  assert all(0.0 <= v <= 1.0 for v in results.values())

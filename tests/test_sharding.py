@@ -8,6 +8,7 @@ from tests.tiny import tiny_config
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import run as run_lib
 from vitclip import sharding, train_step as train_step_lib
+from vitclip.data.pipeline import ImageSpec
 from vitclip.models import logit_params
 
 BATCH = 32
@@ -18,13 +19,16 @@ def build(devices=None, **overrides):
   return run_lib.build(config, None, devices=devices, train=False, check_data=False, with_tokenizer=False)
 
 
-def batch_for(run, seed=0):
+def batch_for(run, seed=0, normalized=False):
+  """uint8 pixels as the pipeline feeds the step, or (normalized) the float32 model input made on the host."""
   rng = np.random.default_rng(seed)
   size, length = run.config.model.image.image_size, run.config.model.text.max_len
   tokens = rng.integers(4, 64, (BATCH, length)).astype(np.int32)
   tokens[:, -1] = 2  # EOS
-  batch = {'image': rng.normal(size=(BATCH, size, size, 3)).astype(np.float32), 'tokens': tokens}
-  return jax.device_put(batch, sharding.batch_sharding(run.mesh))
+  pixels = rng.integers(0, 256, (BATCH, size, size, 3), dtype=np.uint8)
+  image = np.stack([ImageSpec.from_config(run.config, train=True).normalize(p) for p in pixels]) if normalized \
+      else pixels
+  return jax.device_put({'image': image, 'tokens': tokens}, sharding.batch_sharding(run.mesh))
 
 
 def full_batch_grads(run, batch):
@@ -42,11 +46,12 @@ def assert_trees_close(a, b, tol):
 
 @pytest.mark.parametrize('kind, impl, micro', [('softmax', 'dense', 8), ('sigmoid', 'ring', 16)])
 def test_grad_cache_equals_full_batch_gradient(kind, impl, micro):
+  # The reference is fed the images normalised on the host; gradient caching gets the uint8 pixels and
+  # normalises them in each microbatch.
   run = build(**{'loss.kind': kind, 'loss.impl': impl, 'grad_cache.microbatch': micro})
-  batch = batch_for(run)
-  loss, grads, state = full_batch_grads(run, batch)
+  loss, grads, state = full_batch_grads(run, batch_for(run, normalized=True))
   cached = train_step_lib.make_loss_and_grad(run.model, run.config, run.mesh)
-  loss_gc, grads_gc, _ = jax.jit(cached)(state, batch)
+  loss_gc, grads_gc, _ = jax.jit(cached)(state, batch_for(run))
   extras = {'t': logit_params(state.params)[0]}  # What the train step reports as t.
   np.testing.assert_allclose(loss_gc, loss, rtol=1e-5)
   assert_trees_close(grads_gc, grads, 1e-5)

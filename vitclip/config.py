@@ -34,6 +34,9 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key, value in defaults.items():
       if config.model[key] is None:
         config.model[key] = value
+    if config.get('classifier', {}).get('enabled') and not config.optim.frozen:
+      # Classifier fine-tuning trains the image tower and the head; the text tower stays the head's source.
+      config.optim.frozen = '^(?!(img|head)(/|$))'
   return config
 
 
@@ -156,6 +159,34 @@ def _check_masking(config, problems: list):
                     f'{grid}, e.g. --config.aclip.unit=1.')
 
 
+def _check_classifier(config, problems: list):
+  """classifier.*: what classifier fine-tuning needs and what it does not combine with."""
+  if not config.optim.layer_decay > 0:
+    problems.append(f'config.optim.layer_decay={config.optim.layer_decay!r} must be positive (1 = off; '
+                    'BEiT fine-tuning uses 0.65-0.75).')
+  c = config.classifier
+  if not c.enabled:
+    return
+  if not config.init_from:
+    problems.append('config.classifier.enabled: the head starts as the zero-shot classifier of a trained text '
+                    'tower; set --config.init_from=DIR (a training workdir or a converted model), e.g. with '
+                    '--config configs/finetune.py:DIR,DATASET,method=classifier.')
+  if config.aclip.enabled or config.flip.mask_ratio:
+    problems.append('config.classifier.enabled trains on labels, not image-text pairs; set '
+                    '--config.aclip.enabled=False and --config.flip.mask_ratio=0.')
+  if config.grad_cache.microbatch and config.grad_cache.microbatch < config.batch_size:
+    problems.append('config.classifier.enabled has a per-example loss and no gradient caching; set '
+                    '--config.grad_cache.microbatch=0 (and a batch that fits).')
+  if not 0.0 <= c.label_smoothing < 1.0:
+    problems.append(f'config.classifier.label_smoothing={c.label_smoothing!r} must be in [0, 1).')
+  if c.templates:
+    from vitclip import templates as templates_lib
+    try:
+      templates_lib.get_templates(c.templates, 'config.classifier.templates')
+    except ConfigError as e:
+      problems.append(str(e))
+
+
 def _check_data(config, problems: list):
   from vitclip.data import generated, sources
   name = config.data.name
@@ -179,7 +210,14 @@ def _check_data(config, problems: list):
     return
   try:
     source, info = sources.load_source(name, config.data.train_split, sources.data_dir(config))
-    sources.caption_reader(config.data, info)(source[0])
+    if config.classifier.enabled:
+      try:
+        sources.class_names(info, config.data.label_feature)
+      except ValueError as e:
+        raise ConfigError(f'config.data.label_feature={config.data.label_feature!r} (the classifier\'s labels): '
+                          f'{e}') from None
+    else:
+      sources.caption_reader(config.data, info)(source[0])
   except ConfigError as e:
     problems.append(str(e))
   except (FileNotFoundError, ValueError) as e:
@@ -223,6 +261,7 @@ def validate(config, workdir: str | None = None, *, num_devices: int | None = No
     problems.append(f'config.optim.lr={config.optim.lr!r} must be positive.')
   _check_model(config, problems)
   _check_masking(config, problems)
+  _check_classifier(config, problems)
   try:
     parallel = sharding.batch_parallelism(config.mesh, num_devices)
   except ConfigError as e:

@@ -56,10 +56,14 @@ class Plan:
 
 def plan(run) -> Plan:
   """Checks `run.config.init_from` against the run's abstract params (shapes only); see the module doc."""
-  cfg = run.config
+  return plan_for(run.config, run.abstract_state.params, run.mesh)
+
+
+def plan_for(cfg, target, mesh, towers: tuple[str, ...] | None = None) -> Plan:
+  """`plan` for a config, the abstract params to load into (ShapeDtypeStructs with shardings) and the mesh;
+  `towers` replaces the selection of `cfg.init_from_towers`."""
   source = source_config(cfg)
-  target = run.abstract_state.params
-  towers = selected_towers(cfg, available=target)
+  towers = towers or selected_towers(cfg, available=target)
   missing = [n for n in towers if n not in target]
   if missing:
     raise config_lib.ConfigError(
@@ -90,7 +94,7 @@ def plan(run) -> Plan:
 
   def restore_target(path, x):
     t = _get(target, tuple(str(getattr(k, 'key', k)) for k in path))
-    sh = t.sharding if tuple(t.shape) == tuple(x.shape) else sharding.replicated(run.mesh)
+    sh = t.sharding if tuple(t.shape) == tuple(x.shape) else sharding.replicated(mesh)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh)
 
   abstract = jax.tree_util.tree_map_with_path(restore_target, src)
@@ -106,12 +110,17 @@ def load_into_state(run, state, checked: Plan | None = None):
     checked: the result of `plan(run)` when already computed.
   """
   checked = checked or plan(run)
+  return state.replace(params={**state.params, **load_params(checked, run.abstract_state.params)})
+
+
+def load_params(checked: Plan, target) -> dict:
+  """The params `checked` selects, read from its checkpoint and placed like `target` (the abstract params the
+  plan was made for); the image position embedding resampled where the plan says."""
   loaded = checkpoint_lib.restore_params(checked.step_dir, checked.abstract, checked.fix)
   if checked.resample_grid is not None:
-    target = _get(run.abstract_state.params, POSEMB)
     pos = resample_posemb(_get(loaded, POSEMB), checked.num_prefix, checked.resample_grid)
-    loaded['img'] = {**loaded['img'], POSEMB[1]: jax.device_put(pos, target.sharding)}
-  return state.replace(params={**state.params, **loaded})
+    loaded['img'] = {**loaded['img'], POSEMB[1]: jax.device_put(pos, _get(target, POSEMB).sharding)}
+  return loaded
 
 
 def _resample_grid(src, target, source_cfg, cfg) -> int | None:

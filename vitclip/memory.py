@@ -50,13 +50,18 @@ def memory_stats(compiled) -> dict[str, int]:
 
 
 def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """The train step's batch as shapes carrying their shardings: image float32 [B, S, S, 3] (normalised pixels,
-  as vitclip/data/pipeline.py makes them), tokens int32 [B, L]; B = config.batch_size over the batch axes."""
+  """The train step's batch as shapes carrying their shardings: image uint8 [B, S, S, 3] (pixels, as
+  vitclip/data/pipeline.py makes them; the step normalises them), tokens int32 [B, L] (labels int32 [B] for
+  classifier fine-tuning); B = config.batch_size over the batch axes."""
   from vitclip import sharding  # pylint: disable=g-import-not-at-top  (see train_step_memory)
   batch_sh = sharding.batch_sharding(mesh)
   b, size, length = config.batch_size, config.model.image.image_size, config.model.text.max_len
-  return {'image': jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32, sharding=batch_sh),
-          'tokens': jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=batch_sh)}
+  batch = {'image': jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=batch_sh)}
+  if config.get('classifier', {}).get('enabled', False):
+    batch['label'] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch_sh)
+  else:
+    batch['tokens'] = jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=batch_sh)
+  return batch
 
 
 def train_step_memory(run) -> dict:

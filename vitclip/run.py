@@ -25,7 +25,7 @@ from absl import logging
 
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
-from vitclip import aclip, evaluators, init_from, optim, sharding
+from vitclip import aclip, classifier, evaluators, init_from, optim, sharding
 from vitclip.data import generated, sources
 from vitclip.errors import ConfigError, MissingFileError
 from vitclip.models import build_model, init_params
@@ -34,7 +34,7 @@ from vitclip.train_step import TrainState, make_train_step
 
 # Fields whose change makes the workdir's checkpoints mean something else: prefixes of flat config keys.
 RESUME_FIXED = ('model.', 'tokenizer.', 'loss.', 'data.', 'batch_size', 'seed', 'optim.frozen', 'init_from',
-                'flip.', 'aclip.')
+                'flip.', 'aclip.', 'classifier.')
 # Exceptions under those prefixes: where the data lives and how fast it is read.
 RESUME_FREE = ('data.data_dir', 'data.num_workers', 'data.prefetch')
 CHANGES_FILE = 'config_changes.jsonl'
@@ -83,6 +83,8 @@ def build(config, workdir: str | None, *, devices=None, train: bool = True, chec
   tokenizer = setup_tokenizer(config, workdir, may_train=train) if with_tokenizer else None
   if tokenizer is not None:
     config = _with_tokenizer_fields(config, tokenizer)
+  if config.classifier.enabled and check_data:
+    config = _with_classifier_fields(config)
   if train:
     check_workdir_contract(config, workdir)
   run = assemble(config, workdir, mesh, tokenizer)
@@ -133,6 +135,19 @@ def _with_tokenizer_fields(config, tokenizer: Tokenizer):
     config.model.text.vocab_size = tokenizer.vocab_size
     config.model.text.eos_id = tokenizer.eos_id
     config.model.text.pad_id = tokenizer.pad_id
+  return config
+
+
+def _with_classifier_fields(config):
+  """classifier.num_classes from the training data set's ClassLabel `data.label_feature`."""
+  _, info = generated.load_source(config.data.name, config.data.train_split, config.data, sources.data_dir(config))
+  try:
+    names = evaluators.classifier.class_names(config, info)
+  except ValueError as e:
+    raise ConfigError(f'config.data.label_feature={config.data.label_feature!r} (the classifier\'s labels): '
+                      f'{e}') from None
+  with config.unlocked():
+    config.classifier.num_classes = len(names)
   return config
 
 
@@ -272,6 +287,8 @@ def init_run_params(model, config, rng):
   params = init_params(model, rng)  # The same model init whatever else the run trains.
   if config.aclip.enabled:
     params = {**params, 'aclip': aclip.init_heads(config, jax.random.fold_in(rng, 1))}
+  if config.classifier.enabled:  # Zero until create_state sets the zero-shot head.
+    params = {**params, classifier.HEAD: classifier.init_head(config.classifier.num_classes, config.model.embed_dim)}
   return params
 
 
@@ -293,12 +310,38 @@ def create_state(run: Run) -> TrainState:
     state = init_from.load_into_state(run, state, loading)
     if state.ema is not None:  # The EMA tower starts as the loaded image tower.
       state = state.replace(ema=state.params['img'])
+  if run.config.classifier.enabled:
+    state = state.replace(params={**state.params, classifier.HEAD: _zero_shot_head(run, state.params)})
   return state
+
+
+def load_init_from(run: Run) -> dict:
+  """The params of `config.init_from` as this run loads them (every tower; `{}` without init_from), placed with
+  the state's shardings."""
+  if not run.config.init_from:
+    return {}
+  return init_from.load_params(init_from.plan(run), run.abstract_state.params)
+
+
+def _zero_shot_head(run: Run, params) -> dict:
+  """The classifier head that reproduces zero-shot classification with the (loaded) text tower, placed like
+  the state's head."""
+  cfg = run.config
+  ctx = evaluators.common.Context(cfg, run.model, run.tokenizer, run.mesh, run.workdir, run.data_dir)
+  _, info = generated.load_source(cfg.data.name, cfg.data.train_split, cfg.data, run.data_dir)
+  head = evaluators.classifier.zero_shot_head(ctx, params, info)
+  return jax.device_put(head, jax.tree.map(lambda x: x.sharding, run.abstract_state.params[classifier.HEAD]))
+
+
+def batch_keys(config) -> tuple[str, str]:
+  """The train batch's arrays: images and captions' tokens; images and labels for classifier fine-tuning."""
+  return ('image', 'label') if config.classifier.enabled else ('image', 'tokens')
 
 
 def compile_train_step(run: Run):
   """jit of the train step with explicit in/out shardings; the state is donated (updated in place)."""
   step = make_train_step(run.model, run.tx, run.schedule, run.config, run.mesh)
   batch_sh = sharding.batch_sharding(run.mesh)
-  return jax.jit(step, in_shardings=(run.state_shardings, {'image': batch_sh, 'tokens': batch_sh}),
+  batch_shardings = {key: batch_sh for key in batch_keys(run.config)}
+  return jax.jit(step, in_shardings=(run.state_shardings, batch_shardings),
                  out_shardings=(run.state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)

@@ -18,6 +18,9 @@ the last `flip.unmasked_steps` steps keep all); with `config.aclip.enabled` the 
 (vitclip/aclip.py), and the EMA image tower in `TrainState.ema` follows the params after each update. The masks
 come from the step key fold_in(state.rng, state.step): a resumed run draws the same ones.
 
+Classifier fine-tuning (`config.classifier.enabled`): the batch holds labels instead of tokens and the objective is
+cross-entropy of the image tower's head (vitclip/classifier.py).
+
 A step whose loss, gradient, update or new params are not finite is not applied (params and optimizer state
 stay as they were; the step counter advances) and reports `skipped_nonfinite = 1`; the trainer stops a run
 after `config.max_skipped_steps` such steps in a row.
@@ -33,7 +36,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vitclip import aclip, losses, masking, sharding
+from vitclip import aclip, classifier, losses, masking, sharding
+from vitclip.data.pipeline import ImageSpec
 from vitclip.models import clamp_logit_scale, logit_params
 
 
@@ -72,11 +76,11 @@ def all_finite(tree) -> jax.Array:
 # ------------------------------------------------------------------------------------------- gradients
 
 
-def full_batch_loss_and_grad(model, loss_fn) -> Callable:
+def full_batch_loss_and_grad(model, loss_fn, to_model: Callable = lambda x: x) -> Callable:
   """`(params, batch, keep) -> (loss, grads)`: value_and_grad of the full-batch forward; keep: None or the image
-  tokens to keep, int [B, K]."""
+  tokens to keep, int [B, K]; to_model: the batch's images -> the model's input (`ImageSpec.to_model`)."""
   def loss(params, batch, keep):
-    zimg, ztxt, _ = model.apply({'params': params}, batch['image'], batch['tokens'], keep=keep)
+    zimg, ztxt, _ = model.apply({'params': params}, to_model(batch['image']), batch['tokens'], keep=keep)
     return loss_fn(zimg, ztxt, *logit_params(params))
   return jax.value_and_grad(loss)
 
@@ -96,13 +100,16 @@ def _merge(y, parallel: int, mesh):
   return jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
 
 
-def grad_cache_loss_and_grad(model, loss_fn, mesh, batch_size: int, microbatch: int) -> Callable:
-  """`(params, batch) -> (loss, grads)` by gradient caching (module docstring), equal to the full-batch one."""
+def grad_cache_loss_and_grad(model, loss_fn, mesh, batch_size: int, microbatch: int,
+                             to_model: Callable = lambda x: x) -> Callable:
+  """`(params, batch, keep) -> (loss, grads)` by gradient caching (module docstring), equal to the full-batch
+  one. Images become model inputs (`to_model`) microbatch by microbatch: a float copy of the whole batch never
+  exists."""
   n = batch_size // microbatch
   parallel = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
 
   def embed(params, images, tokens, keep):
-    zimg, ztxt, _ = model.apply({'params': params}, images, tokens, keep=keep)
+    zimg, ztxt, _ = model.apply({'params': params}, to_model(images), tokens, keep=keep)
     return zimg, ztxt
 
   def loss_and_grad(params, batch, keep):
@@ -133,24 +140,35 @@ def grad_cache_loss_and_grad(model, loss_fn, mesh, batch_size: int, microbatch: 
 def make_loss_and_grad(model, config, mesh) -> Callable:
   """`(state, batch) -> (loss, grads, terms)` as configured; terms: a dict of extra scalars to log.
 
-  A-CLIP's objective when `config.aclip.enabled`; otherwise gradient caching when `config.grad_cache.microbatch`
+  Cross-entropy on labels when `config.classifier.enabled` (vitclip/classifier.py); A-CLIP's objective when
+  `config.aclip.enabled`; otherwise gradient caching when `config.grad_cache.microbatch`
   is set and smaller than the batch, else the plain full-batch gradient, either with FLIP's random token masks
   when `config.flip.mask_ratio` > 0 (all tokens from step total_steps - flip.unmasked_steps on).
   """
+  to_model = ImageSpec.from_config(config, train=True).to_model  # uint8 pixels -> normalised float32.
+  with_float_images = lambda batch: {**batch, 'image': to_model(batch['image'])}
+  if config.classifier.enabled:
+    objective = jax.value_and_grad(classifier.loss_fn(model, config.classifier.label_smoothing), has_aux=True)
+
+    def classifier_loss_and_grad(state, batch):
+      (loss, terms), grads = objective(state.params, with_float_images(batch))
+      return loss, grads, terms
+    return classifier_loss_and_grad
+
   loss_fn = loss_fn_from_config(config, mesh)
   if config.aclip.enabled:
     objective = jax.value_and_grad(aclip.loss_terms(model, config, mesh, loss_fn), has_aux=True)
 
     def aclip_loss_and_grad(state, batch):
-      (loss, terms), grads = objective(state.params, state.ema, batch, step_key(state))
+      (loss, terms), grads = objective(state.params, state.ema, with_float_images(batch), step_key(state))
       return loss, grads, terms
     return aclip_loss_and_grad
 
   micro = config.grad_cache.microbatch
   if micro and micro < config.batch_size:
-    loss_and_grad = grad_cache_loss_and_grad(model, loss_fn, mesh, config.batch_size, micro)
+    loss_and_grad = grad_cache_loss_and_grad(model, loss_fn, mesh, config.batch_size, micro, to_model)
   else:
-    loss_and_grad = full_batch_loss_and_grad(model, loss_fn)
+    loss_and_grad = full_batch_loss_and_grad(model, loss_fn, to_model)
   ratio, unmasked = config.flip.mask_ratio, config.flip.unmasked_steps
   if not ratio:
     return lambda state, batch: (*loss_and_grad(state.params, batch, None), {})

@@ -7,6 +7,7 @@ divergence (`config.max_skipped_steps` non-finite steps in a row; nothing is sav
 a checkpoint that cannot be written (disk full; the previous checkpoints are intact).
 """
 
+import functools
 import json
 import os
 import signal
@@ -34,7 +35,8 @@ def train(config, workdir: str) -> dict[str, float]:
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.keep_ckpts)
   data = pipeline.make_train_iterator(cfg, run.tokenizer.encode, run.mesh)
   state = restore_or_create(run, ckpt, data)
-  suite = evaluators.Suite(cfg, run.model, run.tokenizer, run.mesh, workdir, run.data_dir)
+  suite = evaluators.Suite(cfg, run.model, run.tokenizer, run.mesh, workdir, run.data_dir,
+                           functools.partial(run_lib.load_init_from, run))
   step_fn = run_lib.compile_train_step(run)
   writer = MetricsWriter(workdir, resume_step=int(state.step))
   console.print_summary(run, int(state.step), ckpt.directory)
@@ -234,7 +236,8 @@ def evaluate(config, workdir: str, checkpoint_dir: str = '', names=None) -> dict
   params = checkpoint_lib.restore_params(
       source, run.abstract_state.params,
       fix=f'Evaluate with the config the checkpoint was written with (eval.py --workdir {source}).')
-  suite = evaluators.Suite(run.config, run.model, run.tokenizer, run.mesh, workdir, run.data_dir)
+  suite = evaluators.Suite(run.config, run.model, run.tokenizer, run.mesh, workdir, run.data_dir,
+                           functools.partial(run_lib.load_init_from, run))
   results = suite.run(params, names)
   write_eval_results(workdir, results)
   return results

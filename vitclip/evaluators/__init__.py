@@ -2,7 +2,7 @@
 
   check_config(config, data_dir)   before anything is built: every evaluation setting and data set (fast)
   datasets(config)                 the data sets the evaluators read (the trainer builds generated ones first)
-  suite = Suite(config, model, tokenizer, mesh, workdir, data_dir)     once per run
+  suite = Suite(config, model, tokenizer, mesh, workdir, data_dir[, init_from_params])   once per run
   suite.run(params)                -> {'<evaluator>/<dataset>/<metric>': float}, every time, without retracing
 
 An evaluator is one module with one `common.Evaluator` subclass (configured by `config.evals.<name>`) and one
@@ -14,13 +14,14 @@ from typing import Sequence
 from absl import logging
 
 from vitclip.errors import ConfigError
-from vitclip.evaluators import common, dense, linear_probe, retrieval, zeroshot
+from vitclip.evaluators import classifier, common, dense, linear_probe, retrieval, zeroshot
 
 EVALUATORS = {
     'zeroshot': zeroshot.Zeroshot,
     'retrieval': retrieval.Retrieval,
     'dense': dense.Dense,
     'linear_probe': linear_probe.LinearProbe,
+    'classifier': classifier.Classifier,
 }
 
 
@@ -74,9 +75,11 @@ class Suite:
   nothing new. Build it after the generated data sets exist (`datasets(config)`).
   """
 
-  def __init__(self, config, model, tokenizer, mesh, workdir: str, data_dir: str):
+  def __init__(self, config, model, tokenizer, mesh, workdir: str, data_dir: str, init_from_params=None):
+    """init_from_params: () -> the params of config.init_from as the run loads them (vitclip.run), for
+    evaluators that compare with the starting model (classifier's WiSE-FT)."""
     _check_names('config.evals.names', config.evals.names)
-    self.ctx = common.Context(config, model, tokenizer, mesh, workdir, data_dir)
+    self.ctx = common.Context(config, model, tokenizer, mesh, workdir, data_dir, init_from_params)
     self.evaluators = {name: EVALUATORS[name](self.ctx, config.evals[name]) for name in config.evals.names}
     for name, evaluator in EVALUATORS.items():
       if name not in self.evaluators:

@@ -37,6 +37,8 @@ class Context:
   mesh: Any
   workdir: str
   data_dir: str
+  # () -> params of config.init_from (vitclip.run.load_init_from), or None when the caller has none to give.
+  init_from_params: Callable[[], Any] | None = None
 
   @property
   def batch_size(self) -> int:
