@@ -314,23 +314,30 @@ class ForwardSignals:
       self.child.send_signal(signum)
 
 
-def run_cell(cell: Cell, sweep_dir: str, signals: ForwardSignals) -> dict:
-  """Runs the cell's train.py (output appended to OUTPUT_FILE); returns and writes its CELL_FILE record."""
-  workdir = cell_dir(sweep_dir, cell)
-  os.makedirs(workdir, exist_ok=True)
+def run_command(cmd: list[str], directory: str, signals: ForwardSignals, finished, status_file: str) -> dict:
+  """Runs `cmd` in its own process group (output appended to directory/OUTPUT_FILE; signals passed on); returns
+  and writes to directory/status_file the record {exit_code, seconds, status: done | stopped | failed[, error]}.
+  finished: () -> bool, whether the command's outputs are complete."""
+  os.makedirs(directory, exist_ok=True)
   start = time.time()
-  with open(os.path.join(workdir, OUTPUT_FILE), 'ab') as out:
-    signals.child = subprocess.Popen(train_command(cell, sweep_dir, sys.executable), stdout=out,
-                                     stderr=subprocess.STDOUT, process_group=0)
+  with open(os.path.join(directory, OUTPUT_FILE), 'ab') as out:
+    signals.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, process_group=0)
     code = signals.child.wait()
     signals.child = None
   record = {'exit_code': code, 'seconds': round(time.time() - start, 1)}
-  if is_finished(cell, workdir):
+  if finished():
     record['status'] = 'done'
   else:
-    record.update(status='stopped' if signals.signum else 'failed', error=failure_text(workdir, code))
-  _write_json(os.path.join(workdir, CELL_FILE), record)
+    record.update(status='stopped' if signals.signum else 'failed', error=failure_text(directory, code))
+  write_json(os.path.join(directory, status_file), record)
   return record
+
+
+def run_cell(cell: Cell, sweep_dir: str, signals: ForwardSignals) -> dict:
+  """Runs the cell's train.py (output appended to OUTPUT_FILE); returns and writes its CELL_FILE record."""
+  workdir = cell_dir(sweep_dir, cell)
+  return run_command(train_command(cell, sweep_dir, sys.executable), workdir, signals,
+                     lambda: is_finished(cell, workdir), CELL_FILE)
 
 
 def failure_text(workdir: str, code: int) -> str:
@@ -372,7 +379,7 @@ def memory_config(cell: Cell, workdir: str):
   return config
 
 
-def _digest(config) -> str:
+def digest(config) -> str:
   return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -380,28 +387,34 @@ def needs_memory(cell: Cell, workdir: str, devices: int) -> bool:
   """No usable measurement of this config on this many devices (0: a run's own) yet."""
   saved = sweep_report.read_json(os.path.join(workdir, MEMORY_FILE)) or {'error': 'none'}
   return ('error' in saved or saved.get('requested_devices') != devices
-          or saved.get('digest') != _digest(memory_config(cell, workdir)))
+          or saved.get('digest') != digest(memory_config(cell, workdir)))
 
 
 def measure_cells(cells: list[Cell], workdir: str, devices: int):
   """(In a fresh process: see `memory_subprocess`.) Compiles each cell's train step and writes its MEMORY_FILE."""
-  from vitclip import memory, run as run_lib  # pylint: disable=g-import-not-at-top
   for i, cell in enumerate(cells):
     directory = cell_dir(workdir, cell)
     os.makedirs(directory, exist_ok=True)
-    config = memory_config(cell, directory)
-    result = {'requested_devices': devices, 'digest': _digest(config)}
-    try:
-      run = run_lib.build(config, None, devices=jax.devices()[:devices] if devices else None, train=False,
-                          check_data=False, with_tokenizer=False)
-      result.update(memory.train_step_memory(run))
-      line = f'{_bytes(result["peak"])} per device on {result["devices"]} ({result["compile_s"]:.0f} s to compile)'
-    except Exception as e:  # pylint: disable=broad-except  # Recorded per cell; the others are still measured.
-      logging.exception('Measuring the memory of %s failed', cell.name)
-      result['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
-      line = f'memory not measured: {result["error"]}'
-    _write_json(os.path.join(directory, MEMORY_FILE), result)
+    line = measure_into(memory_config(cell, directory), devices, directory, cell.name)
     print(f'{_counter(i, len(cells))} {cell.name:<24s} {line}', flush=True)
+
+
+def measure_into(config, devices: int, directory: str, name: str) -> str:
+  """Compiles the train step of `config` on `devices` devices (0: all) and writes directory/MEMORY_FILE (an
+  'error' record when that fails: the caller goes on with the next one); returns a one-line summary."""
+  from vitclip import memory, run as run_lib  # pylint: disable=g-import-not-at-top
+  result = {'requested_devices': devices, 'digest': digest(config)}
+  try:
+    run = run_lib.build(config, None, devices=jax.devices()[:devices] if devices else None, train=False,
+                        check_data=False, with_tokenizer=False)
+    result.update(memory.train_step_memory(run))
+    line = f'{format_bytes(result["peak"])} per device on {result["devices"]} ({result["compile_s"]:.0f} s to compile)'
+  except Exception as e:  # pylint: disable=broad-except  # Recorded; the others are still measured.
+    logging.exception('Measuring the memory of %s failed', name)
+    result['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+    line = f'memory not measured: {result["error"]}'
+  write_json(os.path.join(directory, MEMORY_FILE), result)
+  return line
 
 
 def memory_subprocess(argv: list[str], cells: list[Cell], workdir: str, devices: int):
@@ -415,10 +428,10 @@ def memory_subprocess(argv: list[str], cells: list[Cell], workdir: str, devices:
     for cell in cells:
       directory = cell_dir(workdir, cell)
       if needs_memory(cell, directory, devices):
-        _write_json(os.path.join(directory, MEMORY_FILE), {'error': f'the measuring process exited with {code}'})
+        write_json(os.path.join(directory, MEMORY_FILE), {'error': f'the measuring process exited with {code}'})
 
 
-def _write_json(path: str, data):
+def write_json(path: str, data):
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(data, f, indent=1, default=str)
@@ -432,7 +445,7 @@ def collect(cell: Cell, workdir: str, sc) -> dict:
                                 config_diff=config_diff(cell), command=shlex.join(train_command(cell, workdir)))
 
 
-def _bytes(n) -> str:
+def format_bytes(n) -> str:
   return f'{n / 2**30:.2f} GiB' if n >= 2**30 else f'{n / 2**20:.1f} MiB'
 
 

@@ -40,10 +40,9 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from vitclip import config as config_lib
@@ -287,20 +286,8 @@ def run_job(job: Job, workdir: str, signals: sweep.ForwardSignals) -> dict:
   """Runs the job's command (output appended to OUTPUT_FILE; signals passed on, as vitclip.sweep runs a cell);
   returns and writes its STATUS_FILE record."""
   directory = job_dir(workdir, job)
-  os.makedirs(directory, exist_ok=True)
-  start = time.time()
-  with open(os.path.join(directory, OUTPUT_FILE), 'ab') as out:
-    signals.child = subprocess.Popen(command(job, workdir, sys.executable), stdout=out, stderr=subprocess.STDOUT,
-                                     process_group=0)
-    code = signals.child.wait()
-    signals.child = None
-  record = {'exit_code': code, 'seconds': round(time.time() - start, 1)}
-  if is_finished(job, directory):
-    record['status'] = 'done'
-  else:
-    record.update(status='stopped' if signals.signum else 'failed', error=sweep.failure_text(directory, code))
-  sweep._write_json(os.path.join(directory, STATUS_FILE), record)  # pylint: disable=protected-access
-  return record
+  return sweep.run_command(command(job, workdir, sys.executable), directory, signals,
+                           lambda: is_finished(job, directory), STATUS_FILE)
 
 
 def run_jobs(jobs: list[Job], workdir: str, signals: sweep.ForwardSignals):
@@ -327,21 +314,9 @@ def run_jobs(jobs: list[Job], workdir: str, signals: sweep.ForwardSignals):
 def measure(jobs: list[Job], workdir: str, devices: int):
   """(In a fresh process: see `memory_subprocess`.) Compiles each fine-tuning run's train step and writes its
   MEMORY_FILE, as vitclip.sweep.measure_cells does for a cell (the same record, so sweep.needs_memory reads it)."""
-  from vitclip import memory, run as run_lib  # pylint: disable=g-import-not-at-top
   for job in jobs:
     directory = job_dir(workdir, job)
-    config = sweep.memory_config(job, directory)
-    result = {'requested_devices': devices, 'digest': sweep._digest(config)}  # pylint: disable=protected-access
-    try:
-      run = run_lib.build(config, None, devices=jax.devices()[:devices] if devices else None, train=False,
-                          check_data=False, with_tokenizer=False)
-      result.update(memory.train_step_memory(run))
-      line = f'{sweep._bytes(result["peak"])} per device on {result["devices"]}'  # pylint: disable=protected-access
-    except Exception as e:  # pylint: disable=broad-except  # Recorded per job; the others are still measured.
-      logging.exception('Measuring the memory of %s failed', job.name)
-      result['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
-      line = f'memory not measured: {result["error"]}'
-    sweep._write_json(os.path.join(directory, MEMORY_FILE), result)  # pylint: disable=protected-access
+    line = sweep.measure_into(sweep.memory_config(job, directory), devices, directory, job.name)
     print(f'memory {job.name:<32s} {line}', flush=True)
 
 
@@ -354,8 +329,8 @@ def memory_subprocess(argv: list[str], jobs: list[Job], workdir: str, devices: i
   code = subprocess.run(cmd, check=False).returncode
   for job in jobs if code else ():
     if sweep.needs_memory(job, job_dir(workdir, job), devices):
-      sweep._write_json(os.path.join(job_dir(workdir, job), MEMORY_FILE),  # pylint: disable=protected-access
-                        {'error': f'the measuring process exited with {code}'})
+      sweep.write_json(os.path.join(job_dir(workdir, job), MEMORY_FILE),
+                       {'error': f'the measuring process exited with {code}'})
 
 
 def run_transfer(tc, where: str, workdir: str, argv: list[str], *, print_commands=False, report_only=False) -> int:
