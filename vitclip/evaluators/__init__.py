@@ -84,7 +84,8 @@ class Suite:
     for name, evaluator in EVALUATORS.items():
       if name not in self.evaluators:
         names = tuple(config.evals.names) + (name,)
-        data = '' if evaluator.datasets(config.evals[name], config) else (
+        named = evaluator.datasets(config.evals[name], config) or 'datasets' not in config.evals[name]
+        data = '' if named else (
             f' and --config.evals.{name}.datasets="(\'NAME\',)" ({evaluator.NEEDS})')
         logging.info('%s: not run; add it with --config.evals.names="%s"%s.', name, names, data)
 
