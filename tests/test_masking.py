@@ -11,7 +11,7 @@ from vitclip import aclip, masking, run as run_lib, train_step
 from vitclip import checkpoint as checkpoint_lib
 from vitclip.config import validate
 from vitclip.errors import ConfigError
-from vitclip.models import TwoTower, l2_normalize
+from vitclip.models import TwoTower, l2_normalize, logit_params
 from vitclip.models.vit import VisionTransformer, _keep_tokens
 
 ACLIP = {'aclip.enabled': True, 'aclip.mlp_hidden': 32, 'aclip.mlp_out': 16, 'aclip.unit': 1}
@@ -176,28 +176,47 @@ def _infonce(a, b, t):
   return 0.5 * ce(logits) + 0.5 * ce(logits.T)
 
 
-def test_aclip_objective_matches_an_independent_recomputation(tmp_path):
+# A compiled train step takes far longer to build than anything a test does with it, so each masked run's step is
+# compiled once for the module and the tests read the objective from its metrics (`loss` and the terms are the
+# objective at the state's step key, before the update).
+@pytest.fixture(scope='module')
+def aclip_run(tmp_path_factory):
+  """(run, compiled train step) of A-CLIP with the dense loss on 4 devices (the sharded objective is compared
+  with it); views of 30-60 % of the image, so that the two views of an image differ."""
+  run = _build(tmp_path_factory.mktemp('aclip'), 4, **ACLIP, **{'aclip.view_crop_scale': (0.3, 0.6)})
+  return run, run_lib.compile_train_step(run)
+
+
+@pytest.fixture(scope='module')
+def flip_run(tmp_path_factory):
+  """(run, compiled train step) of FLIP at mask ratio 0.5 whose last 3 of 8 steps keep every token; on the grad
+  cache test's 2 devices, whose state it initialises by the same (so cached) program."""
+  run = _build(tmp_path_factory.mktemp('flip'), 2, **{'flip.mask_ratio': 0.5, 'flip.unmasked_steps': 3})
+  return run, run_lib.compile_train_step(run)
+
+
+def test_aclip_objective_matches_an_independent_recomputation(aclip_run):
   """Each term recomputed from the public pieces; SimCLR must pair the two *different* masked views."""
-  run = _build(tmp_path, **ACLIP, **{'aclip.view_crop_scale': (0.3, 0.6)})
-  state = run_lib.create_state(run)
-  batch, key = _batch(run), jax.random.key(7)
-  loss, terms = jax.jit(aclip.loss_terms(run.model, run.config, run.mesh, train_step.loss_fn_from_config(
-      run.config, run.mesh)))(state.params, state.ema, batch, key)
-  a, params, model = run.config.aclip, jax.device_get(state.params), run.model
+  run, step = aclip_run
+  state, batch = run_lib.create_state(run), _batch(run)
+  key = train_step.step_key(state)
+  params, ema = jax.device_get((state.params, state.ema))
+  _, terms = step(state, batch)  # The state is donated: read above what the recomputation needs.
+  a, model = run.config.aclip, run.model
   k1, k2, s1, s2 = jax.random.split(key, 4)
   b = run.config.batch_size
   boxes = [masking.random_boxes(k, b, a.view_crop_scale) for k in (k1, k2)]
   union = masking.union_box(*boxes)
-  teacher = {'params': {**params, 'img': jax.device_get(state.ema)}}
-  target, scores = model.apply(teacher, masking.crop_resize(batch['image'], union, 32), return_scores=True,
-                               method=TwoTower.embed_image)
-  ztxt = np.asarray(model.apply({'params': params}, None, batch['tokens'])[1], np.float64)
+  teacher = {'params': {**params, 'img': ema}}
+  apply = jax.jit(model.apply, static_argnames=('method', 'return_scores'))  # A third of the time of op by op.
+  target, scores = apply(teacher, masking.crop_resize(batch['image'], union, 32), return_scores=True,
+                         method=TwoTower.embed_image)
+  ztxt = np.asarray(apply({'params': params}, None, batch['tokens'])[1], np.float64)
   t = float(np.exp(params['t']))
   views = []
   for box, k in zip(boxes, (s1, s2)):
     keep = masking.select_by_score(masking.scores_in_view(scores, union, box, 4), 0.5, 1, 'high', k)
-    h = model.apply({'params': params}, masking.crop_resize(batch['image'], box, 32), keep=keep,
-                    method=TwoTower.embed_image)
+    h = apply({'params': params}, masking.crop_resize(batch['image'], box, 32), keep=keep, method=TwoTower.embed_image)
     views.append((h, *aclip.heads_from_config(run.config).apply({'params': params['aclip']}, h)))
   norm = lambda z: np.asarray(l2_normalize(z), np.float64)
   clip = sum(_infonce(norm(h), ztxt, t) for h, _, _ in views)
@@ -206,28 +225,28 @@ def test_aclip_objective_matches_an_independent_recomputation(tmp_path):
   np.testing.assert_allclose([terms['clip'], terms['simclr'], terms['byol']], [clip, simclr, byol], rtol=2e-4)
   same_view = _infonce(norm(views[0][1]), norm(views[0][1]), 1 / a.simclr_temperature)
   assert abs(simclr - same_view) > 1e-2  # The views differ, so feeding one twice would be caught.
-  np.testing.assert_allclose(loss, 0.5 * clip + simclr + 2 * byol, rtol=2e-4)
+  np.testing.assert_allclose(terms['loss'], 0.5 * clip + simclr + 2 * byol, rtol=2e-4)
 
 
-def test_aclip_objective_shards_like_the_loss(tmp_path):
+def test_aclip_objective_shards_like_the_loss(aclip_run, tmp_path):
   """The image-text and SimCLR terms go through contrastive_loss with the run's impl: ring == dense."""
-  terms = {}
-  for impl in ('dense', 'ring'):
-    run = _build(tmp_path, 4, **ACLIP, **{'loss.impl': impl})
-    state = run_lib.create_state(run)
-    objective = aclip.loss_terms(run.model, run.config, run.mesh, train_step.loss_fn_from_config(run.config, run.mesh))
-    terms[impl] = jax.jit(objective)(state.params, state.ema, _batch(run), jax.random.key(3))
-  np.testing.assert_allclose(terms['ring'][0], terms['dense'][0], rtol=1e-5)
+  dense, step = aclip_run
+  ring = _build(tmp_path, 4, **ACLIP, **{'aclip.view_crop_scale': (0.3, 0.6), 'loss.impl': 'ring'})
+  state, batch = run_lib.create_state(dense), _batch(dense)  # The ring run's state is laid out the same.
+  objective = aclip.loss_terms(ring.model, ring.config, ring.mesh, train_step.loss_fn_from_config(ring.config,
+                                                                                                  ring.mesh))
+  loss, terms = jax.jit(objective)(state.params, state.ema, batch, train_step.step_key(state))
+  _, want = step(state, batch)
+  np.testing.assert_allclose(loss, want['loss'], rtol=1e-5)
   for key in ('clip', 'simclr', 'byol'):
-    np.testing.assert_allclose(terms['ring'][1][key], terms['dense'][1][key], rtol=1e-5)
+    np.testing.assert_allclose(terms[key], want[key], rtol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', [ACLIP, {'flip.mask_ratio': 0.5}])
-def test_masked_training_resumes_exactly(tmp_path, overrides):
+@pytest.mark.parametrize('masked_run', ['aclip_run', 'flip_run'])
+def test_masked_training_resumes_exactly(tmp_path, masked_run, request):
   """Masks come from fold_in(rng, step) and the EMA is in the checkpoint: 2 + 2 steps == 4 steps. (A-CLIP: the
   EMA update is checked on the way.)"""
-  run = _build(tmp_path, **overrides)
-  step = run_lib.compile_train_step(run)
+  run, step = request.getfixturevalue(masked_run)
   batches = [_batch(run, seed) for seed in range(4)]
   state = run_lib.create_state(run)
   for i in range(2):
@@ -256,15 +275,20 @@ def test_masked_training_resumes_exactly(tmp_path, overrides):
 # ----------------------------------------------------------------------------------------------- FLIP
 
 
-def test_flip_masks_in_training_and_not_in_the_unmasked_phase(tmp_path):
-  plain = _build(tmp_path)
-  flip = _build(tmp_path, **{'flip.mask_ratio': 0.5, 'flip.unmasked_steps': 3})  # total_steps 8.
-  state, batch = run_lib.create_state(plain), _batch(plain)
-  plain_loss = jax.jit(train_step.make_loss_and_grad(plain.model, plain.config, plain.mesh))(state, batch)[0]
-  flip_fn = jax.jit(train_step.make_loss_and_grad(flip.model, flip.config, flip.mesh))
-  assert abs(float(flip_fn(state, batch)[0]) - float(plain_loss)) > 1e-4  # Step 0: masked.
-  late = state.replace(step=jnp.int32(5))
-  np.testing.assert_allclose(flip_fn(late, batch)[0], plain_loss, rtol=1e-6)  # Steps 5-7: every token.
+def test_flip_masks_in_training_and_not_in_the_unmasked_phase(flip_run):
+  run, step = flip_run
+  state, batch = run_lib.create_state(run), _batch(run)
+  loss_fn = train_step.loss_fn_from_config(run.config, run.mesh)
+
+  def plain_loss(params, batch):  # Every token: the tower without `keep`.
+    zimg, ztxt, _ = run.model.apply({'params': params}, batch['image'], batch['tokens'])
+    return loss_fn(zimg, ztxt, *logit_params(params))
+  plain = jax.jit(plain_loss)(state.params, batch)
+  # A copy, as the step donates its state; the step counter placed like the state's, so the step is not compiled
+  # again for it.
+  late = jax.tree.map(jnp.copy, state).replace(step=jax.device_put(jnp.int32(5), state.step.sharding))
+  assert abs(float(step(state, batch)[1]['loss']) - float(plain)) > 1e-4  # Step 0: masked.
+  np.testing.assert_allclose(step(late, batch)[1]['loss'], plain, rtol=1e-6)  # Steps 5-7: every token.
 
 
 def test_flip_grad_cache_equals_the_full_batch_gradient(tmp_path):
