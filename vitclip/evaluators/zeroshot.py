@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from vitclip import templates as templates_lib
-from vitclip.data import pipeline, sources
+from vitclip.data import sources
 from vitclip.evaluators import common
 
 PREFIX = 'config.evals.zeroshot'
@@ -68,15 +68,7 @@ class Zeroshot(common.Evaluator):
   def evaluate(self, params, data: _Data) -> dict[str, float]:
     ctx = self.ctx
     classifier = common.build_classifier(ctx, params, data.classnames, data.templates)
-    image_spec = ctx.image_spec()
-    convert = lambda r: {'image': image_spec.eval_view(sources.decode_image(r)),
-                         'label': np.int32(r[data.feature])}
-    logits, labels = [], []
-    for batch, valid in pipeline.eval_batches(data.source, convert, ctx.batch_size, ctx.mesh):
-      emb = ctx.encode_image_batch(params, batch['image'])
-      logits.append((emb @ classifier.T)[valid])
-      labels.append(np.asarray(common.gather(batch['label']))[valid])
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    logits, labels, _ = predict(ctx, params, data.source, data.feature, classifier)
     correct = logits.argmax(1) == labels
     per_class = {n: float(correct[labels == c].mean()) for c, n in enumerate(data.classnames)
                  if np.any(labels == c)}
@@ -86,6 +78,26 @@ class Zeroshot(common.Evaluator):
         f'zeroshot/{data.key}/top5': common.topk_accuracy(logits, labels, 5),
         f'zeroshot/{data.key}/mean_per_class': float(np.mean(list(per_class.values()))),
     }
+
+
+def predict(ctx: common.Context, params, source, feature: str,
+            classifier: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Cosine logits of every readable record of `source` against `classifier` (float32 [C, D], from
+  `common.build_classifier`).
+
+  Returns:
+    (logits float32 [N, C], labels int32 [N] from the ClassLabel `feature`, index int32 [N] of each row's record
+    in `source`); unreadable records are left out.
+  """
+  image_spec = ctx.image_spec()
+  convert = lambda r: {'image': image_spec.eval_view(sources.decode_image(r)), 'label': np.int32(r[feature])}
+  logits, labels, index = [], [], []
+  for batch, valid in common.indexed_batches(source, convert, ctx):
+    emb = ctx.encode_image_batch(params, batch['image'])
+    logits.append((emb @ classifier.T)[valid])
+    labels.append(np.asarray(common.gather(batch['label']))[valid])
+    index.append(common.gather_index(batch)[valid])
+  return np.concatenate(logits), np.concatenate(labels), np.concatenate(index)
 
 
 def _write_per_class(workdir: str, key: str, per_class: dict[str, float]):
