@@ -14,7 +14,7 @@ from typing import Sequence
 from absl import logging
 
 from vitclip.errors import ConfigError
-from vitclip.evaluators import classifier, common, dense, linear_probe, retrieval, zeroshot
+from vitclip.evaluators import classifier, common, dense, detection, linear_probe, retrieval, zeroshot
 
 EVALUATORS = {
     'zeroshot': zeroshot.Zeroshot,
@@ -22,6 +22,7 @@ EVALUATORS = {
     'dense': dense.Dense,
     'linear_probe': linear_probe.LinearProbe,
     'classifier': classifier.Classifier,
+    'detection': detection.Detection,
 }
 
 
