@@ -262,4 +262,40 @@ def get_config(arg=None):
   c.evals.classifier = ml_collections.ConfigDict()
   c.evals.classifier.split = 'test'
   c.evals.classifier.wise_alphas = (0.0, 0.5)  # 0 = the zero-shot model (init_from and the zero-shot head).
+
+  # Open-vocabulary detection by a CLIP cascade (vitclip/evaluators/detection.py): region proposals, each crop
+  # embedded and scored against the text classifier, per-class NMS; AP@0.5 and AR against ground-truth boxes.
+  c.evals.detection = ml_collections.ConfigDict()
+  c.evals.detection.datasets = ()  # Data sets with per-object boxes: 'shapes' (its objects + mask features).
+  c.evals.detection.split = 'validation'  # shapes: 'validation' holds multi-object scenes ('test' one object).
+  c.evals.detection.max_examples = 0  # Evaluate the first N images only; 0 = all.
+  c.evals.detection.objects_feature = 'objects'  # float [K, 6] (shape, color, size, x, y, radius) per object.
+  c.evals.detection.mask_feature = 'mask'  # int [H, W], 0 background, k + 1 class k: ground-truth boxes.
+  c.evals.detection.class_feature = 'label'  # ClassLabel naming the classes (or classnames_files).
+  c.evals.detection.classnames_files = ml_collections.ConfigDict()  # {dataset: file with one name per line}
+  c.evals.detection.aliases = ''  # 'name=alias,...': replace individual class names in the prompts.
+  c.evals.detection.templates = 'clip80'  # As evals.zeroshot.templates.
+  # Background text rows (each x templates; their max is the background logit); () = no background text, a
+  # class wins the per-class map only where its probability reaches bg_threshold.
+  c.evals.detection.background_prompts = ('background',)
+  c.evals.detection.bg_threshold = 0.5
+  c.evals.detection.temperature = 100.0  # Class probabilities = softmax(temperature * cosine), as CLIP's 100.
+  # Proposal methods, each reported: 'components' (connected components of each class in the per-class map),
+  # 'grid' (multi-scale sliding square boxes), 'merge' (selective-search grouping of those components).
+  c.evals.detection.methods = ('components', 'grid', 'merge')
+  # Per-class map of 'components' / 'merge': last-block mode of the patch features ('none' | 'maskclip' |
+  # 'reduced' | 'sclip' | 'clearclip') and the input sizes averaged (multiples of the patch; () = model size).
+  c.evals.detection.dense_mode = 'maskclip'
+  c.evals.detection.map_sizes = ()
+  c.evals.detection.min_area = 4  # Components of fewer pixels are noise, not proposals.
+  c.evals.detection.grid_scales = (0.25, 0.375, 0.5, 0.625)  # Grid box sides, fractions of the shorter side.
+  c.evals.detection.grid_stride = 0.5  # Grid step, a fraction of the box side.
+  c.evals.detection.merge_gap = 2  # Regions at most this many pixels apart are neighbours that may merge.
+  c.evals.detection.crop_size = 0  # Crops are resized to crop_size^2 for the image tower; 0 = model resolution.
+  c.evals.detection.crop_context = 0.1  # Each crop grows by this fraction of its box size per side (clipped).
+  c.evals.detection.score_threshold = 0.5  # A detection's best-class probability must reach this.
+  c.evals.detection.nms_iou = 0.5  # Per-class NMS drops boxes overlapping a better one by more than this IoU.
+  c.evals.detection.max_detections = 100  # Per image, after NMS.
+  c.evals.detection.ar_at = (1, 10, 100)  # Average recall of the first N proposals by score: ar@N.
+  c.evals.detection.num_overlays = 4  # PNGs in <workdir>/detection_overlays/<dataset>/; 0 = none.
   return c
