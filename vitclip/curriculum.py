@@ -232,15 +232,19 @@ class Scorer:
     return softmax(float(logit_params(params)[0]) * logits), labels, index
 
 
-# Config fields of the scoring run -> the curriculum's --config field that sets them, for error messages.
-SET_BY = {'evals.zeroshot.split': 'pool_split', 'evals.zeroshot.datasets': 'dataset and --config.feature',
+# Config fields of the scoring run -> the curriculum's field that sets them, named instead in error messages.
+SET_BY = {'evals.zeroshot.split': 'pool_split', 'evals.zeroshot.datasets': 'dataset (with --config.feature)',
           'data.data_dir': 'data_dir'}
 
 
-def _hint(line: str) -> str:
-  for field, knob in SET_BY.items():
-    if f'config.{field}' in line:
-      return f'{line.rstrip(".")} (--config.{knob} sets it).'
+# Config fields of a round's run -> the curriculum's knob that sets them.
+ROUND_SET_BY = {'total_steps': 'steps', 'batch_size': 'batch', 'optim.lr': 'lr', 'optim.warmup_steps': 'warmup',
+                'optim.layer_decay': 'layer_decay'}
+
+
+def _hint(line: str, set_by: dict = SET_BY) -> str:
+  for field, knob in set_by.items():
+    line = line.replace(f'--config.{field}', f'--config.{knob}').replace(f'config.{field}', f'--config.{knob}')
   return line
 
 
@@ -357,7 +361,8 @@ def validate(cc, workdir: str) -> Scorer:
     config_lib.validate(config_lib.resolve(round_config(rnd)), None, num_devices=jax.device_count(),
                         check_data=False, train=True)
   except ConfigError as e:
-    raise ConfigError('\n'.join(f'round 1 ({rnd.base}): {line}' for line in str(e).splitlines())) from None
+    raise ConfigError('\n'.join(f'round 1 ({rnd.base}): {_hint(line, ROUND_SET_BY)}'
+                                 for line in str(e).splitlines())) from None
   return scorer
 
 
