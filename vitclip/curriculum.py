@@ -34,13 +34,21 @@ import shutil
 import signal
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+from PIL import Image
 
+from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import entry, sweep, sweep_report, transfer
+from vitclip import run as run_lib
+from vitclip import templates as templates_lib
+from vitclip.data import folder, sources
 from vitclip.errors import ConfigError, Preempted
+from vitclip.evaluators import common, zeroshot
+from vitclip.models import logit_params
 
 FIELDS = ('model', 'dataset', 'feature', 'data_dir', 'pool_split', 'pool_max_examples', 'test_split', 'rounds',
           'k_schedule', 'k_first', 'k_growth', 'finetune', 'method', 'batch', 'steps', 'lr', 'warmup',
@@ -158,7 +166,6 @@ def templates_spec(cc) -> str:
   if cc.templates:
     return cc.templates
   source = config_lib.load_model_dir(cc.model, sweep.load_config_file(EVAL_DEFAULTS)).evals.zeroshot
-  from vitclip.evaluators import common  # pylint: disable=g-import-not-at-top  (the model stack, once needed)
   return source.templates_for.get(common.dataset_key(cc.dataset, cc.feature), source.templates)
 
 
@@ -195,10 +202,7 @@ class Scorer:
   so one set of jitted encoders serves them all)."""
 
   def __init__(self, cc):
-    from vitclip import run as run_lib  # pylint: disable=g-import-not-at-top  (the model stack, once needed)
-    from vitclip import templates as templates_lib  # pylint: disable=g-import-not-at-top
-    from vitclip.evaluators import common  # pylint: disable=g-import-not-at-top
-    self.cc, self.common = cc, common
+    self.cc = cc
     spec = cc.dataset if cc.feature == 'label' else f'{cc.dataset}:{cc.feature}'
     overrides = {'evals.names': ('zeroshot',), 'evals.zeroshot.datasets': (spec,),
                  'evals.zeroshot.split': cc.pool_split, **({'data.data_dir': cc.data_dir} if cc.data_dir else {})}
@@ -218,16 +222,13 @@ class Scorer:
     self.test, _ = common.load_source(self.ctx, cc.dataset, cc.test_split)
 
   def params(self, model_dir: str):
-    from vitclip import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
     return checkpoint_lib.restore_params(model_dir, self.run.abstract_state.params,
                                          fix=f'{model_dir} does not hold a model of {self.cc.model}\'s architecture.')
 
   def predict(self, params, source) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probs float64 [N, C], labels int32 [N], index int32 [N]) of the readable records of `source`: the softmax
     over classes of t · cosine logits, the records' labels (for scores only) and their record indices."""
-    from vitclip.evaluators import zeroshot  # pylint: disable=g-import-not-at-top
-    from vitclip.models import logit_params  # pylint: disable=g-import-not-at-top
-    classifier = self.common.build_classifier(self.ctx, params, self.classnames, self.templates)
+    classifier = common.build_classifier(self.ctx, params, self.classnames, self.templates)
     logits, labels, index = zeroshot.predict(self.ctx, params, source, self.cc.feature, classifier)
     return softmax(float(logit_params(params)[0]) * logits), labels, index
 
@@ -263,8 +264,6 @@ def check_folder_names(classnames: list[str]):
 def write_images(source, rows: np.ndarray, labels: np.ndarray, classnames: list[str], root: str):
   """Writes record rows[i] of `source` as root/<classnames[labels[i]]>/<rows[i]>.png (PNG: the pixels stay
   exact, so the copy scores as the original does)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from vitclip.data import sources  # pylint: disable=g-import-not-at-top
   for row, label in zip(rows, labels):
     folder = os.path.join(root, classnames[int(label)])
     os.makedirs(folder, exist_ok=True)
@@ -285,7 +284,6 @@ def write_test_images(scorer: Scorer, index: np.ndarray, labels: np.ndarray, wor
 def import_round(scorer: Scorer, r: int, rows: np.ndarray, labels: np.ndarray, test_folder: str, workdir: str):
   """Round r's data set DATA_NAME: train/ the selected pool records under their pseudo-labels, test/ the labelled
   test split (a link to `test_folder`), imported with vitclip.data.folder into OUT/data."""
-  from vitclip.data import folder  # pylint: disable=g-import-not-at-top
   images = os.path.join(round_dir(workdir, r), 'images')
   shutil.rmtree(images, ignore_errors=True)  # Left by a round stopped while writing.
   write_images(scorer.pool, rows, labels, scorer.classnames, os.path.join(images, 'train'))
@@ -350,7 +348,6 @@ def validate(cc, workdir: str) -> Scorer:
   """Everything a curriculum needs, before round 1: its settings, DIR, the data set, its splits and class names
   (building the scorer), and round 1's fine-tuning config (as train.py will validate it; its data set does not
   exist yet). Raises ConfigError."""
-  import jax  # pylint: disable=g-import-not-at-top
   problems = [p.replace('--config.models: model=', '--config.model=')
               for p in transfer.model_dir_problems('model', cc.model)]
   if problems:
@@ -415,7 +412,6 @@ def run_curriculum(cc, where: str, workdir: str, argv: list[str], *, print_comma
 
 def round_results(r: int, workdir: str, method: str) -> dict:
   """Round r's test top-1 from its run's eval_results.json (None where not written)."""
-  from vitclip.evaluators import common  # pylint: disable=g-import-not-at-top
   results = sweep_report.read_json(os.path.join(run_dir(workdir, r), 'eval_results.json')) or {}
   key = common.metric_name(DATA_NAME.format(r=r))
   out = {'test_zeroshot_top1': results.get(f'zeroshot/{key}/top1')}
