@@ -12,6 +12,9 @@ output / temp bytes, depend on the sharded program, not on the backend's speed.
   # the full train step (forward, backward, optimizer update) of a model config
   python benchmarks/memory.py --model B/16 --text_variant B --batch 32768 --devices 32 --kind sigmoid \
       --impl ring --dtype bfloat16 --remat full
+  # ... with XLA's account of where the peak goes (--breakdown) and any config field (--set)
+  python benchmarks/memory.py --model B/16 --text_variant B --batch 32768 --devices 32 --kind sigmoid \
+      --impl ring --dtype bfloat16 --remat full --scan --set model.attention_chunk=64 --breakdown
   python benchmarks/memory.py --model B/16 --batch 32768 --devices 1 --kind sigmoid --impl dense \
       --dtype bfloat16 --remat full --grad_cache_microbatch 512
 
@@ -20,10 +23,13 @@ and the sweep runs every configuration in its own subprocess.
 """
 
 import argparse
+import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +38,7 @@ if REPO_ROOT not in sys.path:  # Run as a script, only benchmarks/ is on the pat
 # Importing jax starts no backend, so set_device_count still takes effect after this import.
 from vitclip import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vitclip.memory import (  # pylint: disable=wrong-import-position
-    FIELDS, memory_stats, set_device_count, train_step_memory)
+    FIELDS, dump_flags, memory_stats, peak_breakdown, set_device_count, train_step_memory)
 
 SWEEP_BATCHES = (1024, 4096, 16384, 32768)
 SWEEP_DEVICES = (8, 32, 64)
@@ -65,6 +71,11 @@ def parse_args(argv=None):
   p.add_argument('--remat', default='full', choices=('none', 'full', 'dots'), help='--model: remat policy')
   p.add_argument('--scan', action='store_true', help='--model: scan over layers')
   p.add_argument('--grad_cache_microbatch', type=int, default=0, help='--model: GradCache microbatch (0: off)')
+  p.add_argument('--breakdown', action='store_true',
+                 help="--model: also XLA's account of the peak (buffers live at it, by jax scope) in the JSON")
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='--model: any other config field, as --config.KEY=VALUE of train.py (repeatable), e.g. '
+                      '--set model.attention_chunk=64')
   p.add_argument('--param_sharding', default='replicate', choices=('replicate', 'fsdp'),
                  help="--model: 'fsdp' shards params over the devices (mesh data=1 × fsdp=N)")
   p.add_argument('--json', default=None, help='write the result of --loss_only to this file')
@@ -109,6 +120,7 @@ def measure_loss(batch, dim, devices, kind, impl, dtype='float32'):
 def step_config(args):
   """The train-step config measured by --model: base config + the command-line model/batch/loss."""
   from configs import base  # pylint: disable=g-import-not-at-top
+  from vitclip import sweep
   c = base.get_config()
   c.batch_size = args.batch
   c.loss.kind, c.loss.impl = args.kind, args.impl
@@ -122,7 +134,21 @@ def step_config(args):
   c.grad_cache.microbatch = args.grad_cache_microbatch
   c.sharding.params = args.param_sharding
   c.mesh = [('fsdp', -1)] if args.param_sharding == 'fsdp' else [('data', -1)]
-  return c
+  return sweep.override(c, parse_overrides(args.set), '--set')
+
+
+def parse_overrides(items: list[str]) -> dict:
+  """['model.attention_chunk=64', ...] -> {'model.attention_chunk': 64, ...}: Python literals, else strings."""
+  overrides = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise SystemExit(f'--set {item!r}: use KEY=VALUE, e.g. --set model.attention_chunk=64')
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return overrides
 
 
 def measure_step(args):
@@ -140,7 +166,8 @@ def measure_step(args):
                 devices=args.devices, per_device_batch=args.batch // args.devices, kind=args.kind, impl=args.impl,
                 dtype=args.dtype, remat=args.remat, scan=args.scan, image_size=args.image_size,
                 text_len=args.text_len, grad_cache_microbatch=args.grad_cache_microbatch,
-                param_sharding=args.param_sharding, image_params=count_params(params['img']),
+                param_sharding=args.param_sharding, overrides=parse_overrides(args.set),
+                image_params=count_params(params['img']),
                 text_params=count_params(params['txt']))
   return dict(result, **stats, jax=jax.__version__)
 
@@ -254,11 +281,22 @@ def run_check(args):
 HEADER = ('program', 'kind', 'impl', 'devices', 'batch', 'per_device_batch', *FIELDS)
 
 
+def format_breakdown(b, rows: int = 12) -> str:
+  """The largest buffers live at the peak and the scopes holding it, as text."""
+  lines = [f"XLA's peak: {b['peak_bytes'] / 2**30:.2f} GiB; buffers live at it:"]
+  lines += [f"  {r['bytes'] / 2**30:6.2f} GiB  {r['shape']:28s} {r['buffer']}" for r in b['at_peak'][:rows]]
+  lines.append('by scope:')
+  lines += [f"  {'  ' * (r['depth'] - 1)}{r['bytes'] / 2**30:6.2f} GiB  {r['scope'][-110:]}"
+            for r in b['by_scope'][:rows]]
+  return '\n'.join(lines)
+
+
 def format_row(r):
   if r.get('program') == 'train_step':
     mib = '  '.join(f'{f}={r[f] / 2**30:7.2f}' for f in FIELDS)
     return (f"train step {r['model']} + text {r['text_variant']}  {r['kind']}/{r['impl']} dev={r['devices']} "
-            f"B={r['batch']} {r['dtype']} remat={r['remat']} grad_cache={r['grad_cache_microbatch']}  {mib} GiB "
+            f"B={r['batch']} {r['dtype']} remat={r['remat']} grad_cache={r['grad_cache_microbatch']} "
+            f"{' '.join(f'{k}={v}' for k, v in r.get('overrides', {}).items())}  {mib} GiB "
             f"({r['compile_s']:.1f}s compile)")
   if 'error' in r:
     return f"{r['kind']:7s} {r['impl']:6s} dev={r['devices']:3d} B={r['batch']:6d}  ERROR {r['error']}"
@@ -285,7 +323,14 @@ def main(argv=None):
     return run_check(args)
   set_device_count(args.devices)
   if args.model:
+    dump = tempfile.mkdtemp(prefix='vitclip_memory_dump_') if args.breakdown else None
+    if dump:  # Before jax starts its backend, as the device count.
+      os.environ['XLA_FLAGS'] += ' ' + dump_flags(dump)
     result = measure_step(args)
+    if dump:
+      result['breakdown'] = peak_breakdown(dump)
+      shutil.rmtree(dump, ignore_errors=True)
+      print(format_breakdown(result['breakdown']))
     print(format_row(result))
     print(json.dumps(result))
     if args.json:

@@ -48,6 +48,9 @@ def get_config(arg=None):
   c.probe.shots = probe.shots  # k-shot probes; the accuracy table shows the largest k (16), the k-shot table all.
   c.probe.draws = probe.draws  # Seeded draws per k (mean ± std).
   c.probe.val_split = probe.val_split  # Held-out data for the l2 search; '' = a stratified part of train.
+  # Per split, a seeded subset of at most this many images (0 = all): the full probe's l2 search on 50k
+  # features of a feature the towers barely separate (colour) takes L-BFGS the longest.
+  c.probe.max_examples = probe.max_examples
   c.probe.overrides = dotted({})  # Any other eval.py field, e.g. {'evals.linear_probe.l2_grid': (1e-4, 1e-2)}.
 
   c.contrastive = fine_tuning()

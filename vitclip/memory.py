@@ -10,6 +10,7 @@ its CPU backend, so `set_device_count` must run before anything touches a device
 """
 
 import os
+import re
 import time
 
 import jax
@@ -75,3 +76,50 @@ def train_step_memory(run) -> dict:
   compiled = compiled.compile()
   return dict(memory_stats(compiled), devices=run.mesh.size, compile_s=round(time.perf_counter() - start, 2))
 
+
+
+# ------------------------------------------------------------------------------------------------ where the peak goes
+
+
+def dump_flags(directory: str, module: str = 'train_step') -> str:
+  """XLA_FLAGS that make the compiler write its buffer assignment and live ranges of `module` to `directory`
+  (`peak_breakdown` reads them); set before jax starts a backend, as `set_device_count`."""
+  return f'--xla_dump_to={directory} --xla_dump_hlo_module_re=.*{module}.*'
+
+
+def peak_breakdown(directory: str, module: str = 'train_step', min_fraction: float = 0.005) -> dict:
+  """XLA's own account of a compiled program's peak, from the dump `dump_flags` asked for.
+
+  Returns {'peak_bytes': int, 'at_peak': [{'buffer', 'bytes', 'shape'}, ...] (every buffer live at the peak,
+  largest first, from the live-range dump with shapes from the buffer assignment), 'by_scope': [{'scope',
+  'bytes'}, ...] (the first two levels of XLA's stack-trace breakdown of the peak: which jax scope, e.g.
+  transpose(jvp(TwoTower))/TwoTower.encode_image/.../while, holds how much)}, entries under `min_fraction`
+  of the peak left out.
+  """
+  def read(suffix):
+    names = [n for n in os.listdir(directory) if module in n and n.endswith(suffix)]
+    if not names:
+      raise FileNotFoundError(f'no *{module}*{suffix} in {directory}: was the program compiled with dump_flags?')
+    with open(os.path.join(directory, sorted(names)[-1])) as f:
+      return f.read()
+
+  live = read('cpu_after_optimizations-live-range.txt') if any(
+      n.endswith('cpu_after_optimizations-live-range.txt') for n in os.listdir(directory)) else read(
+          '-live-range.txt')
+  shapes = dict(re.findall(r'from instruction: %(\S+) = (\S+?)(?:\{[\d,]*\})? ', read('-values.txt')))
+  peak_section = live[live.index('(peak):'):]
+  at_peak = [{'buffer': name, 'bytes': int(size), 'shape': shapes.get(name, '')}
+             for name, size in re.findall(r'^\s+(\S+?)\{[^}]*\}: (\d+) bytes', peak_section, re.M)]
+  trace = live[live.index('Stack trace breakdown for peak usage:'):]
+  peak = int(re.search(r'peak usage: ([\d ]+) bytes', trace).group(1).replace(' ', ''))
+  by_scope = []
+  for line in trace.splitlines()[1:]:
+    m = re.match(r'^(\s*)(?:[│ ]\s*)*[├└]── (.+?) \([\d.]+%, total: ([\d ]+) bytes', line)
+    if not m:
+      continue
+    depth = (len(line) - len(line.lstrip(' │'))) // 4
+    if depth <= 2:
+      by_scope.append({'scope': m.group(2), 'depth': depth, 'bytes': int(m.group(3).replace(' ', ''))})
+  keep = lambda rows: sorted((r for r in rows if r['bytes'] >= min_fraction * peak), key=lambda r: -r['bytes'])
+  return {'peak_bytes': peak, 'at_peak': keep(at_peak), 'by_scope': [r for r in by_scope
+                                                                      if r['bytes'] >= min_fraction * peak]}

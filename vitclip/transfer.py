@@ -202,7 +202,7 @@ def probe_overrides(tc, feature: str) -> dict:
           'evals.zeroshot.split': 'test', 'evals.linear_probe.datasets': spec,
           'evals.linear_probe.train_split': 'train', 'evals.linear_probe.val_split': tc.probe.val_split,
           'evals.linear_probe.test_split': 'test', 'evals.linear_probe.shots': tuple(tc.probe.shots),
-          'evals.linear_probe.draws': tc.probe.draws}
+          'evals.linear_probe.draws': tc.probe.draws, 'evals.linear_probe.max_examples': tc.probe.max_examples}
 
 
 def job_config(job: Job):

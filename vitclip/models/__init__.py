@@ -13,7 +13,8 @@ from vitclip.models.vit import VisionTransformer
 __all__ = ['TextTransformer', 'TwoTower', 'VARIANTS', 'VisionTransformer', 'build_model', 'clamp_logit_scale',
            'count_params', 'decode_variant', 'init_params', 'l2_normalize', 'logit_params']
 
-_SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan')  # config.model fields that both towers take.
+# config.model fields that both towers take.
+_SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan', 'attention_chunk')
 
 
 def build_model(config_model) -> TwoTower:

@@ -94,6 +94,7 @@ class MultiHeadAttention(nn.Module):
   """
   num_heads: int
   dtype: Dtype = 'float32'
+  query_chunk: int = 0  # > 0: standard attention in chunks of queries (`dot_product_attention`).
 
   @nn.compact
   def __call__(self, inputs_q, inputs_kv=None, mask=None, attention='qk', score_rows=None):
@@ -125,6 +126,8 @@ class MultiHeadAttention(nn.Module):
     scores = None
     if attention == 'identity':
       y = v
+    elif attention == 'qk' and score_rows is None:
+      y = dot_product_attention(proj('query')(inputs_q), proj('key')(inputs_kv), v, mask, self.query_chunk)
     else:
       q, k = proj('query')(inputs_q), proj('key')(inputs_kv)
       attend = lambda a, b: _attention_weights(a, b, mask)
@@ -139,6 +142,39 @@ class MultiHeadAttention(nn.Module):
     y = nn.DenseGeneral(width, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
                         kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
     return y if score_rows is None else (y, scores)
+
+
+def dot_product_attention(q, k, v, mask, query_chunk: int = 0):
+  """softmax(q kᵀ / √D) v. q: [B, Lq, H, D], k, v: [B, Lk, H, D], mask: bool broadcastable to [B, H, Lq, Lk]
+  or None -> [B, Lq, H, D] in v's dtype (the weights in float32, cast to v's dtype for the product).
+
+  0 < query_chunk < Lq: the queries go in equal chunks of at most that many (padded), each chunk under
+  jax.checkpoint inside lax.map, so that the backward pass holds one chunk's [B, H, chunk, Lk] float32 weights
+  at a time instead of all Lq rows' (memory-efficient attention, Rabe & Staats 2021). Same values; the weights
+  are computed once more in the backward pass.
+  """
+  def attend(q, mask):
+    return jnp.einsum('bhqk,bkhd->bqhd', _attention_weights(q, k, mask).astype(v.dtype), v)
+
+  length = q.shape[1]
+  if not 0 < query_chunk < length:
+    return attend(q, mask)
+  chunks = -(-length // query_chunk)
+  query_chunk = -(-length // chunks)  # Equal chunks of at most query_chunk queries: the least padding.
+  pad = chunks * query_chunk - length
+  # [chunks, B, chunk, H, D]; padded queries attend like any other and are dropped after.
+  q_chunks = jnp.moveaxis(jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
+      q.shape[0], chunks, query_chunk, *q.shape[2:]), 1, 0)
+  if mask is None:
+    y = jax.lax.map(jax.checkpoint(lambda qc: attend(qc, None)), q_chunks)
+  else:
+    mask = jnp.asarray(mask).reshape((1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (length, k.shape[1]))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
+    mask_chunks = jnp.moveaxis(mask.reshape(*mask.shape[:2], chunks, query_chunk, mask.shape[-1]), 2, 0)
+    y = jax.lax.map(jax.checkpoint(lambda args: attend(*args)), (q_chunks, mask_chunks))
+  y = jnp.moveaxis(y, 0, 1).reshape(q.shape[0], chunks * query_chunk, *y.shape[3:])
+  return y[:, :length]
 
 
 def _attention_weights(q, k, mask):
@@ -156,6 +192,7 @@ class EncoderBlock(nn.Module):
   act: str = 'gelu'
   ln_eps: float = 1e-6
   dtype: Dtype = 'float32'
+  attention_chunk: int = 0  # Queries per chunk of standard attention; 0 = all at once.
 
   @nn.compact
   def __call__(self, x, mask=None, mode='standard', score_rows=None):
@@ -168,7 +205,7 @@ class EncoderBlock(nn.Module):
     attention, residual, mlp = BLOCK_MODES[mode]
     dtype = canonical_dtype(self.dtype)
     norm = lambda name: nn.LayerNorm(epsilon=self.ln_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
-    y = MultiHeadAttention(self.num_heads, dtype, name='MultiHeadDotProductAttention_0')(
+    y = MultiHeadAttention(self.num_heads, dtype, self.attention_chunk, name='MultiHeadDotProductAttention_0')(
         norm('LayerNorm_0')(x), mask=mask, attention=attention, score_rows=score_rows)
     y, scores = y if score_rows is not None else (y, None)
     x = x + y if residual else y
@@ -208,11 +245,12 @@ class Encoder(nn.Module):
   dtype: Dtype = 'float32'
   remat_policy: str = 'none'
   scan: bool = False
+  attention_chunk: int = 0
 
   @property
   def _block_kwargs(self):
     return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
-                dtype=self.dtype)
+                dtype=self.dtype, attention_chunk=self.attention_chunk)
 
   @nn.compact
   def __call__(self, x, mask=None, *, last_block_mode='standard', return_last_input=False, score_rows=None):
