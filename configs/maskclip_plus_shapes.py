@@ -18,7 +18,8 @@ def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
   c.model = ''  # The model directory (required): its image tower, text tower (pseudo-masks) and data settings.
-  c.data_dir = ''  # TFDS data dir; '' = the model's (config.json's data.data_dir, $TFDS_DATA_DIR, ~/tensorflow_datasets).
+  # TFDS data dir; '' = the model's (config.json's data.data_dir, $TFDS_DATA_DIR, ~/tensorflow_datasets).
+  c.data_dir = ''
   # The training-free setting that makes round 0's pseudo-masks and is the baseline: the Quickstart's dense
   # evaluation (plain last-layer tokens with Key Smoothing and Prompt Denoising, four background prompts, six
   # input sizes; configs/shapes.py). Exactly one data set; its split / max_examples / num_overlays are set per use.
@@ -41,6 +42,10 @@ def get_config(arg=None):
   # Pseudo-masks: pixels below the confidence get the ignore label (config.dense.ignore_index) and no loss.
   c.confidence = 0.5  # Round 0: the MaskCLIP scores' top share (vitclip/segmentation.py, "Confidence").
   c.self_confidence = 0.9  # Rounds >= 1: the segmenter's top softmax probability.
+  # Rounds >= 1: also the most confident fraction of each predicted class's pixels, whatever their probability
+  # (0 = the global threshold only): a segmenter less sure of the shapes than of the background would otherwise
+  # pass on background alone.
+  c.self_class_fraction = 0.5
   c.rounds = 2  # Self-training rounds after the round trained on MaskCLIP's pseudo-masks.
 
   # Training, per round (a fresh optimizer each round; self-training continues from the previous segmenter).

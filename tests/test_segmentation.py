@@ -30,6 +30,20 @@ def test_pseudo_labels_hand_case():
   np.testing.assert_array_equal(seg.pseudo_labels(scores, 0.8, IGNORE), np.full((1, 2, 2), IGNORE))
 
 
+def test_pseudo_labels_keep_each_classs_most_confident_fraction():
+  """Background is confident (0.9, 0.95), the shape is not (0.55, 0.6, 0.7, 0.65): a global threshold of 0.8
+  keeps background only; half of each class adds the two most confident shape pixels (0.7, 0.65), and alone (a
+  threshold no pixel reaches) the surer background pixel."""
+  top = np.array([[0.9, 0.55, 0.6], [0.95, 0.7, 0.65]], np.float32)
+  cls = np.array([[0, 1, 1], [0, 1, 1]])
+  scores = np.stack([np.where(cls == 0, top, 1 - top), np.where(cls == 1, top, 1 - top)], -1)[None]
+  np.testing.assert_array_equal(seg.pseudo_labels(scores, 0.8, IGNORE), [[[0, IGNORE, IGNORE], [0, IGNORE, IGNORE]]])
+  np.testing.assert_array_equal(seg.pseudo_labels(scores, 0.8, IGNORE, class_fraction=0.5),
+                                [[[0, IGNORE, IGNORE], [0, 1, 1]]])
+  np.testing.assert_array_equal(seg.pseudo_labels(scores, 1.0, IGNORE, class_fraction=0.5),
+                                [[[IGNORE, IGNORE, IGNORE], [0, 1, 1]]])
+
+
 def test_confidence_of_probabilities_is_the_top_probability():
   probs = np.asarray(jax.nn.softmax(np.random.default_rng(0).normal(size=(3, 4, 5, 6)) * 3, axis=-1))
   np.testing.assert_allclose(seg.confidence(probs), probs.max(-1), rtol=1e-5)
@@ -52,7 +66,8 @@ def test_loss_ignores_ignored_pixels():
   loss = float(ce(jnp.asarray(logits), jnp.asarray(labels), IGNORE))
   np.testing.assert_allclose(loss, _numpy_ce(logits, labels, IGNORE), rtol=1e-5)
   # Ignored pixels neither count nor receive gradient, whatever their logits.
-  grad = np.asarray(jax.jit(jax.grad(seg.pixel_cross_entropy), static_argnums=2)(jnp.asarray(logits), jnp.asarray(labels), IGNORE))
+  grad_fn = jax.jit(jax.grad(seg.pixel_cross_entropy), static_argnums=2)
+  grad = np.asarray(grad_fn(jnp.asarray(logits), jnp.asarray(labels), IGNORE))
   assert np.all(grad[labels == IGNORE] == 0) and np.any(grad[labels != IGNORE] != 0)
   changed = np.where((labels == IGNORE)[..., None], 100.0, logits)
   np.testing.assert_allclose(float(ce(jnp.asarray(changed), jnp.asarray(labels), IGNORE)),

@@ -11,7 +11,8 @@ Stages, each written under OUT and skipped by a rerun once its results.json exis
                confidence is below `confidence` get `ignore_index`), then a `Segmenter` (DIR's image tower + a
                head) trained on them with a pixel cross-entropy that skips ignored pixels.
   round_r/     (r = 1 .. `rounds`) self-training: pseudo-masks from the previous round's segmentation model
-               (softmax probabilities; confident where the top one reaches `self_confidence`), training
+               (softmax probabilities; confident where the top one reaches `self_confidence`; also the most
+               confident `self_class_fraction` of each predicted class's pixels, whatever their confidence), training
                continues from that model with a fresh optimizer.
 
 Each round stores pseudo_masks.npy (uint8 [N, H, W]) with pseudo_masks.json (written after it: the round's masks
@@ -163,11 +164,20 @@ def confidence(scores: np.ndarray) -> np.ndarray:
   return scores.max(-1) / np.maximum(np.clip(scores, 0, None).sum(-1), 1e-12)
 
 
-def pseudo_labels(scores: np.ndarray, threshold: float, ignore_index: int) -> np.ndarray:
+def pseudo_labels(scores: np.ndarray, threshold: float, ignore_index: int,
+                  class_fraction: float = 0.0) -> np.ndarray:
   """Per-class scores float [..., H, W, K] -> uint8 [..., H, W]: argmax, `ignore_index` where the confidence is
-  below `threshold`."""
+  below `threshold`, except (class_fraction > 0) the most confident `class_fraction` of each predicted class's
+  pixels, which are kept whatever their confidence: a class the model predicts less confidently than the
+  background still gets pseudo-labels (a single global threshold can keep background pixels only)."""
   labels = np.argmax(scores, axis=-1).astype(np.uint8)
-  labels[confidence(scores) < threshold] = ignore_index
+  conf = confidence(scores)
+  keep = conf >= threshold
+  if class_fraction > 0:
+    for c in np.unique(labels):
+      of_class = labels == c
+      keep |= of_class & (conf >= np.quantile(conf[of_class], 1 - class_fraction))
+  labels[~keep] = ignore_index
   return labels
 
 
@@ -254,8 +264,8 @@ def check_config(mc, where: str = 'config'):
        f'--{where}.model=DIR.')
   need(mc.head in HEADS, 'head', f'use one of {HEADS}.')
   need(mc.features in DENSE_MODES, 'features', f'use one of {sorted(DENSE_MODES)}.')
-  for field in ('confidence', 'self_confidence'):
-    need(isinstance(mc[field], (int, float)) and 0 <= mc[field] <= 1, field, 'use a confidence in [0, 1].')
+  for field in ('confidence', 'self_confidence', 'self_class_fraction'):
+    need(isinstance(mc[field], (int, float)) and 0 <= mc[field] <= 1, field, 'use a value in [0, 1].')
   need(isinstance(mc.rounds, int) and mc.rounds >= 0, 'rounds', 'use an integer >= 0 (self-training rounds).')
   for field in ('steps', 'batch_size', 'train_examples', 'log_every'):
     positive_int(field)
@@ -538,8 +548,9 @@ def make_pseudo_masks(s: Setup, r: int, seg_params, images: np.ndarray, truth) -
                              for rows in _batches(len(images), 4 * s.ctx.batch_size)])
   else:
     threshold = mc.self_confidence
-    labels = np.concatenate([pseudo_labels(p, threshold, ignore)
-                             for p in segmenter_probs(s, seg_params, images, size)])
+    # Over every image at once: the per-class fraction is of the class's pixels in the whole set.
+    labels = pseudo_labels(np.concatenate(list(segmenter_probs(s, seg_params, images, size))), threshold, ignore,
+                           mc.self_class_fraction)
   source = 'maskclip' if r == 0 else f'round_{r - 1}'
   info = {'source': source, 'threshold': threshold, 'count': len(labels),
           **pseudo_stats(labels, truth, k, ignore)}
