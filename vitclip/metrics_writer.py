@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -18,8 +19,7 @@ class MetricsWriter:
       path = os.path.join(workdir, 'metrics.jsonl')
       _truncate_after(path, resume_step)
       self._jsonl = open(path, 'a')
-      from tensorboardX import SummaryWriter  # Pure-Python event writer; no TensorFlow needed.
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = _summary_writer_class()(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, float]):
     """metrics: flat `group/name` -> scalar. One JSON line per call."""
@@ -37,6 +37,23 @@ class MetricsWriter:
     if self.active:
       self._jsonl.close()
       self._tb.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter (a pure-Python event writer; no TensorFlow needed).
+
+  tensorboardX imports torch when it is installed (3 s), only to accept torch tensors as values; vitclip writes
+  floats, so a torch that is not already loaded is hidden from that import.
+  """
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError while this entry is None.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 def _truncate_after(path: str, step: int):
