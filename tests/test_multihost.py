@@ -20,8 +20,9 @@ def free_port() -> int:
 
 
 def launch(workdir, data_dir, process_id, port, extra=()):
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]  # tests/conftest.py's
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0'}
+         'XLA_FLAGS': ' '.join(flags + ['--xla_force_host_platform_device_count=4'])}
   cmd = [sys.executable, 'train.py', '--config', f'tests/tiny.py:{data_dir}', '--workdir', workdir,
          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={process_id}', *extra]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
