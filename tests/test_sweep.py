@@ -1,17 +1,19 @@
 """vitclip.sweep: the grid and what it derives, cells as ordinary resumable runs, a rerun that skips finished
-cells, a killed cell that resumes to the uninterrupted numbers, the outputs holding the cells' numbers, mistakes
-stopping before any cell runs, memory-only mode equal to measuring the step directly; vitclip.memory.
+cells, a killed or stopped cell that resumes to the uninterrupted numbers, the outputs holding the cells' numbers,
+mistakes stopping before any cell runs, memory-only mode equal to measuring the step directly; vitclip.memory.
 
 The grid is 2 methods × 2 batches of tests/tiny.py, 128 examples per cell. One study of two of its cells (clip at
-batch 16, siglip at 32: every method and every batch once, in different rows and columns of the report's
-tables) runs once for the module; the tests read it, rerun it, or run a one-cell copy of it. Each cell is a
-train.py process (half a minute on 2 cores), so the study trains no more cells than that.
+batch 16, siglip at 32: every method and every batch once, in different rows and columns of the report's tables)
+runs once for the module, interrupted on the way: clip_b16_s0's train.py is killed, the rerun is stopped while it
+resumes, the third run finishes it. That cell is tests/tiny.py as it is (the grid's derived settings equal its
+own), run on the session's 8 devices: the conftest's uninterrupted `tiny_run` of the same config is its reference,
+and its programs are already in the session's compilation cache. Each train.py process costs seconds, so the
+module starts no more of them than that.
 """
 
 import csv
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -29,7 +31,8 @@ from vitclip import memory, run as run_lib, sweep, sweep_report
 from vitclip.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = 128  # batch 16: 8 steps, checkpoints at 4 and 8; batch 32: 4 steps.
+EXAMPLES = 128  # batch 16: 8 steps, checkpoints at 4 and 8, warmup 2 (tests/tiny.py's own); batch 32: 4 steps.
+WARMUP_FRACTION = 0.25
 
 SWEEP_CONFIG = '''
 from configs import ablation_shapes
@@ -48,6 +51,7 @@ def get_config(arg=None):
   c.batches_for = {batches_for!r}
   c.examples_seen = {examples}
   c.lr_reference_batch = 16
+  c.warmup_fraction = {warmup_fraction}
   c.logs_per_cell = 8
   c.ckpts_per_cell = 2
   return c
@@ -56,7 +60,8 @@ def get_config(arg=None):
 
 def write_sweep_config(directory, data_dir: str, batches_for: dict) -> str:
   path = directory / 'tiny_sweep.py'
-  path.write_text(SWEEP_CONFIG.format(base=f'tests/tiny.py:{data_dir}', examples=EXAMPLES, batches_for=batches_for))
+  path.write_text(SWEEP_CONFIG.format(base=f'tests/tiny.py:{data_dir}', examples=EXAMPLES, batches_for=batches_for,
+                                       warmup_fraction=WARMUP_FRACTION))
   return str(path)
 
 
@@ -72,24 +77,73 @@ def study_config(tiny_data_dir, tmp_path_factory):
   return write_sweep_config(tmp_path_factory.mktemp('study_config'), tiny_data_dir, {'clip': (16,), 'siglip': (32,)})
 
 
-def run_sweep(config: str, workdir: str, *args: str, wait: bool = True):
-  """`python -m vitclip.sweep` with the cells on one CPU device (saving 8 simulated devices' checkpoints takes
-  seconds each)."""
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
-  env = dict(os.environ, XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']))
+def run_sweep(config: str, workdir: str, *args: str, wait: bool = True, one_device: bool = False):
+  """`python -m vitclip.sweep`; its cells see the session's 8 CPU devices (tests/conftest.py), or one."""
+  env = os.environ
+  if one_device:
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+    env = dict(os.environ, XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']))
   cmd = [sys.executable, '-m', 'vitclip.sweep', '--config', config, '--workdir', workdir, *args]
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
+def run_until(config: str, workdir: str, ready, stop) -> tuple[int, str, str]:
+  """Starts the sweep, waits until `ready()`, calls `stop(proc)`; returns (exit code, stdout, stderr)."""
+  proc = run_sweep(config, workdir, wait=False)
+  deadline = time.time() + 300
+  while not ready():
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.02)
+  stop(proc)
+  stdout, stderr = proc.communicate(timeout=300)
+  return proc.returncode, stdout, stderr
+
+
+def kill_cell(proc):
+  """SIGKILL to the sweep's running cell (its only child while a cell trains)."""
+  with open(f'/proc/{proc.pid}/task/{proc.pid}/children') as f:
+    (child,) = map(int, f.read().split())
+  os.kill(child, signal.SIGKILL)
+
+
+def mtimes(directory) -> dict[str, int]:
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(directory) for f in files}
+
+
 @pytest.fixture(scope='module')
-def study(study_config, tmp_path_factory):
-  """(workdir, stdout) of the uninterrupted study."""
+def study(study_config, tiny_run, tmp_path_factory):
+  """(After `tiny_run`: its compiled programs are clip_b16_s0's.) The study, run three times: clip_b16_s0's train.py is killed (SIGKILL) once its first checkpoint is written
+  (the sweep goes on: siglip_b32_s0 trains, both are measured); the rerun is stopped (SIGTERM to the sweep) while
+  the cell resumes; the third run finishes it. Returns {'workdir', and per run 'killed' / 'stopped' / 'finished':
+  exit code, stdout, stderr, each cell's status in results.json, and what the cells' directories held}."""
   workdir = str(tmp_path_factory.mktemp('study'))
+  cells = os.path.join(workdir, 'cells')
+  clip = os.path.join(cells, 'clip_b16_s0')
+
+  def observe(code, stdout, stderr):
+    with open(os.path.join(clip, sweep.OUTPUT_FILE)) as f:
+      output = f.read()
+    return {'code': code, 'stdout': stdout, 'stderr': stderr, 'cell_output': output,
+            'status': {r['name']: r['status'] for r in read_json(os.path.join(workdir, 'results.json'))['cells']},
+            'clip_finished': os.path.exists(os.path.join(clip, 'eval_results.json')),
+            'clip_memory': mtimes(clip).get(os.path.join(clip, sweep.MEMORY_FILE)),
+            'siglip_files': mtimes(os.path.join(cells, 'siglip_b32_s0'))}
+
+  def resuming():  # The summary, printed right before train.py's own signal handlers are set, then compiling.
+    with open(os.path.join(clip, sweep.OUTPUT_FILE)) as f:
+      return '(resuming from step 4)' in f.read()
+
+  runs = {'workdir': workdir}
+  runs['killed'] = observe(*run_until(
+      study_config, workdir, lambda: os.path.isdir(os.path.join(clip, 'checkpoints', '4', 'state')), kill_cell))
+  runs['stopped'] = observe(*run_until(study_config, workdir, resuming,
+                                       lambda proc: proc.send_signal(signal.SIGTERM)))
   proc = run_sweep(study_config, workdir)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return workdir, proc.stdout
+  runs['finished'] = observe(proc.returncode, proc.stdout, proc.stderr)
+  return runs
 
 
 def cells_of(sweep_config):
@@ -118,7 +172,7 @@ def test_grid_derives_steps_lr_warmup_and_intervals(sweep_config):
     steps = EXAMPLES // c.batch
     assert c.overrides['total_steps'] == steps and c.overrides['batch_size'] == c.batch
     assert c.lr == pytest.approx(base_lr * (c.batch / 16) ** 0.5)  # lr_rule 'sqrt' from batch 16
-    assert c.overrides['optim.warmup_steps'] == round(0.1 * steps)
+    assert c.overrides['optim.warmup_steps'] == round(WARMUP_FRACTION * steps)
     assert c.overrides['log_every'] == max(1, steps // 8) and c.overrides['ckpt_every'] == -(-steps // 2)
     assert c.overrides['loss.kind'] == {'clip': 'softmax', 'siglip': 'sigmoid'}[c.method]
   with sc.unlocked():
@@ -172,9 +226,9 @@ def test_mistakes_stop_before_any_cell_runs(sweep_config, tmp_path):
 
 
 def test_cells_are_the_printed_train_commands(study, study_config):
-  workdir, stdout = study
+  workdir = study['workdir']
   for name, cell in cells_of(study_config).items():
-    assert f'{name}' in stdout
+    assert f'{name}' in study['killed']['stdout']
     saved = run_lib.flat(read_json(os.path.join(workdir, 'cells', name, 'config.json')))
     wanted = run_lib.flat(config_lib.resolve(sweep.cell_config(cell)))
     tokenizer_fields = ('model.text.vocab_size', 'model.text.eos_id', 'model.text.pad_id')  # Set by its BPE.
@@ -183,7 +237,7 @@ def test_cells_are_the_printed_train_commands(study, study_config):
 
 
 def test_outputs_hold_each_cells_numbers(study, study_config):
-  workdir, _ = study
+  workdir = study['workdir']
   results = read_json(os.path.join(workdir, 'results.json'))
   assert results['held_fixed']['examples_seen'] == EXAMPLES and results['held_fixed']['lr_rule'] == 'sqrt'
   records = {r['name']: r for r in results['cells']}
@@ -201,7 +255,8 @@ def test_outputs_hold_each_cells_numbers(study, study_config):
     assert len(rates) == r['steps'] and r['samples_per_s'] == statistics.median(rates[1:])
     assert r['step_time_s'] == pytest.approx(r['batch'] / r['samples_per_s'])
     mem = read_json(os.path.join(cell_dir, 'memory.json'))
-    assert r['peak_memory_bytes'] == mem['peak'] > 0 and mem['devices'] == 1
+    # memory_devices 0: measured on the devices the cells ran on (the session's 8).
+    assert r['peak_memory_bytes'] == mem['peak'] > 0 and mem['devices'] == jax.device_count() == 8
     if r['batch'] == 32:  # tests/tiny.py trains 8 steps of 16.
       assert r['config_diff']['batch_size'] == [16, 32] and r['config_diff']['total_steps'] == [8, 4]
     assert float(rows[name]['samples_per_s']) == r['samples_per_s']
@@ -220,7 +275,7 @@ def test_outputs_hold_each_cells_numbers(study, study_config):
 
 
 def test_report_only_rewrites_the_same_outputs(study, study_config):
-  workdir, _ = study
+  workdir = study['workdir']
   before = {n: open(os.path.join(workdir, n)).read() for n in ('results.json', 'results.csv', 'report.md')}
   for name in before:
     os.remove(os.path.join(workdir, name))
@@ -228,93 +283,77 @@ def test_report_only_rewrites_the_same_outputs(study, study_config):
   assert {n: open(os.path.join(workdir, n)).read() for n in before} == before
 
 
-def test_rerun_skips_finished_cells(study, study_config):
-  workdir, _ = study
-  cells = os.path.join(workdir, 'cells')
-  mtimes = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-            for d, _, files in os.walk(cells) for f in files}
-  proc = run_sweep(study_config, workdir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.count('finished before: skipped') == 2
-  assert {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-          for d, _, files in os.walk(cells) for f in files} == mtimes
+def test_rerun_skips_finished_cells(study, study_config, capsys):
+  # siglip_b32_s0 finished in the first run; the two reruns skipped it and touched none of its files.
+  first = study['killed']['siglip_files']
+  assert study['killed']['status']['siglip_b32_s0'] == 'done' and first
+  for run in ('stopped', 'finished'):
+    assert study[run]['stdout'].count('finished before: skipped') == 1, run
+    assert [line for line in study[run]['stdout'].splitlines() if 'finished before: skipped' in line][0].split()[
+        1] == 'siglip_b32_s0', run
+    assert study[run]['siglip_files'] == first, run
+  # A rerun of the whole finished study (in this process: the same run_sweep as the command) changes nothing.
+  workdir = study['workdir']
+  before = mtimes(os.path.join(workdir, 'cells'))
+  assert sweep.run_sweep(sweep.load_config_file(study_config), study_config, workdir, []) == 0
+  assert capsys.readouterr().out.count('finished before: skipped') == 2
+  assert mtimes(os.path.join(workdir, 'cells')) == before
 
 
-def test_a_killed_or_stopped_cell_resumes_to_the_uninterrupted_numbers(study, sweep_config, tmp_path):
-  """The study's clip_b16_s0 alone: its train.py is killed (SIGKILL) once its first checkpoint is written; the
-  rerun is stopped (SIGTERM to the sweep) while it resumes; the third run finishes it."""
-  workdir, cell = str(tmp_path), str(tmp_path / 'cells' / 'clip_b16_s0')
-  config, batch16 = f'{sweep_config}:clip', '--config.axes.batch=(16,)'
-  reference = os.path.join(study[0], 'cells', 'clip_b16_s0')
-  # The study measured this config's memory already (memory.json holds a digest of the config): with it in place
-  # the killed and the finishing sweep skip their memory-measuring processes, which this test is not about.
-  os.makedirs(cell)
-  shutil.copy(os.path.join(reference, sweep.MEMORY_FILE), cell)
+def test_a_killed_or_stopped_cell_resumes_to_the_uninterrupted_numbers(study, study_config, tiny_run,
+                                                                        tiny_data_dir):
+  """The study's clip_b16_s0 is tests/tiny.py unchanged, so the session's uninterrupted `tiny_run` (the same
+  config on the same 8 devices) is its reference."""
+  cell = cells_of(study_config)['clip_b16_s0']
+  assert run_lib.flat(sweep.cell_config(cell)) == run_lib.flat(tiny.tiny_config(tiny_data_dir))
+  killed, stopped, finished = study['killed'], study['stopped'], study['finished']
 
-  def run_until(ready, stop):
-    proc = run_sweep(config, workdir, batch16, wait=False)
-    deadline = time.time() + 300
-    while not ready():
-      assert proc.poll() is None and time.time() < deadline, proc.communicate()
-      time.sleep(0.02)
-    stop(proc)
-    stdout, stderr = proc.communicate(timeout=300)
-    return proc.returncode, stdout, stderr
+  assert killed['code'] == 1, killed['stderr']  # The failed cell is recorded; the sweep goes on to its end.
+  assert 'FAILED (killed by SIGKILL' in killed['stdout']
+  assert killed['status'] == {'clip_b16_s0': 'failed', 'siglip_b32_s0': 'done'}
+  assert not killed['clip_finished'], 'killed too late: the cell had finished'
+  assert killed['clip_memory']  # Measured with the other cell: the run wrote its config before it was killed.
 
-  def kill_cell(proc):
-    with open(f'/proc/{proc.pid}/task/{proc.pid}/children') as f:
-      (child,) = map(int, f.read().split())
-    os.kill(child, signal.SIGKILL)
+  assert stopped['code'] == 128 + signal.SIGTERM, stopped['stderr']
+  assert 'Stopped by SIGTERM' in stopped['stderr'] and stopped['status']['clip_b16_s0'] == 'stopped'
+  assert 'Stopped by SIGTERM after step' in stopped['cell_output']  # The cell got the signal, wrote a checkpoint.
+  assert not stopped['clip_finished']
 
-  def status():
-    return read_json(os.path.join(workdir, 'results.json'))['cells'][0]['status']
-
-  code, stdout, stderr = run_until(lambda: os.path.isdir(os.path.join(cell, 'checkpoints', '4', 'state')), kill_cell)
-  assert code == 1, stderr  # The failed cell is recorded; the sweep goes on to its end.
-  assert 'FAILED (killed by SIGKILL' in stdout and status() == 'failed'
-  assert not os.path.exists(os.path.join(cell, 'eval_results.json')), 'killed too late: the cell had finished'
-
-  def resuming():  # The summary, printed right before train.py's own signal handlers are set, then compiling.
-    with open(os.path.join(cell, 'train.out')) as f:
-      return '(resuming from step 4)' in f.read()
-  code, stdout, stderr = run_until(resuming, lambda proc: proc.send_signal(signal.SIGTERM))
-  assert code == 128 + signal.SIGTERM, stderr
-  assert 'Stopped by SIGTERM' in stderr and status() == 'stopped'
-  with open(os.path.join(cell, 'train.out')) as f:
-    assert 'Stopped by SIGTERM after step' in f.read()  # The cell got the signal and wrote a checkpoint.
-  assert not os.path.exists(os.path.join(cell, 'eval_results.json'))
-
-  rerun = run_sweep(config, workdir, batch16)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert losses(cell) == losses(reference)
-  assert read_json(os.path.join(cell, 'eval_results.json')) == read_json(
-      os.path.join(reference, 'eval_results.json'))
-  assert status() == 'done'
-  # The same config as the study's cell: its memory measurement stood, nothing measured it again.
-  assert read_json(os.path.join(cell, sweep.MEMORY_FILE)) == read_json(os.path.join(reference, sweep.MEMORY_FILE))
+  assert finished['code'] == 0, finished['stderr'][-3000:]
+  assert finished['status'] == {'clip_b16_s0': 'done', 'siglip_b32_s0': 'done'}
+  reference, reference_results = tiny_run
+  clip = os.path.join(study['workdir'], 'cells', 'clip_b16_s0')
+  assert losses(clip) == losses(reference)
+  assert read_json(os.path.join(clip, 'eval_results.json')) == reference_results
+  # The resumed runs ran the same config: its memory measurement stood, nothing measured it again.
+  assert finished['clip_memory'] == killed['clip_memory'] and 'per device on' not in finished['stdout']
 
 
 # ------------------------------------------------------------------------------------------------ memory
 
 
-def test_memory_only_equals_measuring_the_step_directly(sweep_config, tiny_data_dir, tmp_path):
+def test_memory_only_equals_measuring_the_step_directly(study, sweep_config, tiny_data_dir, tmp_path):
+  """siglip_b32_s0 compiled on 8 simulated devices by a sweep whose own processes see one; the study trained the
+  same cell on the session's 8 devices and measured it, so every compilation here is a cache hit."""
   workdir = str(tmp_path)
   proc = run_sweep(f'{sweep_config}:siglip', workdir, '--memory_only', '--config.memory_devices=8',
-                   '--config.axes.batch=(32,)')
+                   '--config.axes.batch=(32,)', one_device=True)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   (record,) = read_json(os.path.join(workdir, 'results.json'))['cells']
   assert record['name'] == 'siglip_b32_s0' and record['status'] == 'compiled'
   assert os.listdir(os.path.join(workdir, 'cells', 'siglip_b32_s0')) == ['memory.json']  # Nothing trained.
   # Directly: the cell's config by hand, with the vocabulary its BPE will have, on 8 of this process's devices.
   config = tiny.override(tiny.tiny_config(tiny_data_dir), batch_size=32, total_steps=4,
-                         **{'loss.kind': 'sigmoid', 'optim.lr': record['lr'], 'evals.names': ('zeroshot',)})
+                         **{'loss.kind': 'sigmoid', 'optim.lr': record['lr'], 'optim.warmup_steps': 1,
+                            'evals.names': ('zeroshot',)})
   config.model.text.vocab_size = config.tokenizer.vocab_size
   run = run_lib.build(config, None, devices=jax.devices()[:8], train=False, check_data=False,
                       with_tokenizer=False)
   direct = memory.train_step_memory(run)
-  assert record['memory']['devices'] == direct['devices'] == 8
+  trained = read_json(os.path.join(study['workdir'], 'cells', 'siglip_b32_s0', sweep.MEMORY_FILE))
+  assert record['memory']['devices'] == direct['devices'] == trained['devices'] == 8
   for field in memory.FIELDS:
-    assert record['memory'][field] == direct[field], field
+    assert record['memory'][field] == direct[field] == trained[field], field
   with open(os.path.join(workdir, 'report.md')) as f:
     assert '## peak memory per device (MiB; 8 devices)' in f.read()
 

@@ -25,9 +25,10 @@ and the sweep goes on; the sweep then exits with status 1. SIGTERM / SIGINT are 
 Per cell the sweep collects the final evaluation (eval_results.json), training samples/s and step time (the
 median over the logged intervals of metrics.jsonl after the first, which includes compilation: robust to the
 recompilation after a resume), the per-device peak memory of the compiled train step (XLA's memory analysis,
-`vitclip.memory`, in a subprocess: simulated devices must be set before jax starts) and the config diff from the
-base. DIR receives results.json, results.csv, report.md (a table per metric: method × batch, seeds averaged) and
-PNG plots against batch on a log-2 axis. In memory-only mode (`memory_only` / --memory_only) each cell's train
+`vitclip.memory`, in a subprocess: simulated devices must be set before jax starts; in the sweep's own process
+when the cells run on CPU on the devices it has) and the config diff from the base. DIR receives results.json,
+results.csv, report.md (a table per metric: method × batch, seeds averaged) and PNG plots against batch on a
+log-2 axis. In memory-only mode (`memory_only` / --memory_only) each cell's train
 step is compiled at its real scale on `memory_devices` simulated devices, without data or tokenizer, and nothing
 is trained.
 """
@@ -391,7 +392,8 @@ def needs_memory(cell: Cell, workdir: str, devices: int) -> bool:
 
 
 def measure_cells(cells: list[Cell], workdir: str, devices: int):
-  """(In a fresh process: see `memory_subprocess`.) Compiles each cell's train step and writes its MEMORY_FILE."""
+  """(In a process with the devices to measure on: see `measure_memory`.) Compiles each cell's train step and
+  writes its MEMORY_FILE."""
   for i, cell in enumerate(cells):
     directory = cell_dir(workdir, cell)
     os.makedirs(directory, exist_ok=True)
@@ -415,6 +417,16 @@ def measure_into(config, devices: int, directory: str, name: str) -> str:
     line = f'memory not measured: {result["error"]}'
   write_json(os.path.join(directory, MEMORY_FILE), result)
   return line
+
+
+def measure_memory(argv: list[str], cells: list[Cell], workdir: str, devices: int):
+  """Measures `cells` (their MEMORY_FILEs) on `devices` devices (0: a run's own): in this process when the cells
+  run on CPU on the devices it has (the compiled step is the one they run; no second jax and model stack to
+  start), else in a fresh process (`memory_subprocess`)."""
+  if devices == 0 and os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+    measure_cells(cells, workdir, devices)
+  else:
+    memory_subprocess(argv, cells, workdir, devices)
 
 
 def memory_subprocess(argv: list[str], cells: list[Cell], workdir: str, devices: int):
@@ -478,9 +490,9 @@ def run_sweep(sc, where: str, workdir: str, argv: list[str], *, print_commands=F
     with ForwardSignals() as signals:
       train_cells(cells, workdir, signals)
   if signals is None or not signals.signum:
-    memory_subprocess(argv, [c for c in cells if needs_memory(c, cell_dir(workdir, c), sc.memory_devices)
-                             and (sc.memory_only or os.path.isdir(cell_dir(workdir, c)))],
-                      workdir, sc.memory_devices)
+    measure_memory(argv, [c for c in cells if needs_memory(c, cell_dir(workdir, c), sc.memory_devices)
+                          and (sc.memory_only or os.path.isdir(cell_dir(workdir, c)))],
+                   workdir, sc.memory_devices)
   records = [collect(c, workdir, sc) for c in cells]
   print(sweep_report.write(records, sc, where, workdir), flush=True)
   if signals is not None and signals.signum:
