@@ -2,7 +2,11 @@
 
 Divergence stops with nothing non-finite saved; SIGTERM writes a checkpoint and the rerun continues exactly;
 an unusable latest checkpoint falls back to the previous one; a full disk is one clear error; a workdir
-rerun with another model is refused before anything is written; config mistakes stop before the first step.
+rerun with another model is refused before anything is written (with other logging it is allowed and
+recorded); config mistakes stop before the first step.
+
+Every run here is the tiny config of the session's `tiny_run` (tests/tiny.py), so each compiles nothing new:
+its programs are in the persistent compilation cache (tests/conftest.py) after the first.
 """
 
 import errno
@@ -34,19 +38,12 @@ def read_losses(workdir):
     return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
 
 
-def stored_params_finite(workdir):
-  for step in checkpoint_lib.Checkpointer.steps_in(workdir):
-    params = checkpoint_lib.restore_params(os.path.join(workdir, 'checkpoints', str(step)),
-                                           _abstract_params(workdir))
+def stored_params_finite(workdir, abstract_params):
+  steps = checkpoint_lib.Checkpointer.steps_in(workdir)
+  assert steps
+  for step in steps:
+    params = checkpoint_lib.restore_params(os.path.join(workdir, 'checkpoints', str(step)), abstract_params)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params)), step
-
-
-def _abstract_params(workdir):
-  from vitclip import run as run_lib
-  from configs import base
-  run = run_lib.build(run_lib.model_dir_config(workdir, base.get_config()), workdir, train=False,
-                      check_data=False)
-  return run.abstract_state.params
 
 
 @pytest.fixture
@@ -59,6 +56,18 @@ def reference(tiny_run):
   return tiny_run
 
 
+@pytest.fixture(scope='module')
+def built(tiny_data_dir, tmp_path_factory):
+  """The run of the tiny config, built once for the module (its abstract state is every tiny run's)."""
+  return trainer.run_lib.build(config(tiny_data_dir), str(tmp_path_factory.mktemp('built')))
+
+
+@pytest.fixture(scope='module')
+def good_state(built, tiny_run):
+  """The tiny run's last checkpoint, restored (finite)."""
+  return checkpoint_lib.Checkpointer(tiny_run[0]).restore(built.abstract_state)
+
+
 def copy_of(run_dir, workdir):
   shutil.copytree(run_dir, workdir)
   return workdir
@@ -67,17 +76,25 @@ def copy_of(run_dir, workdir):
 # ------------------------------------------------------------------------------------------- divergence
 
 
-def test_divergence_stops_the_run_and_saves_nothing_non_finite(data_dir, tmp_path, monkeypatch):
-  """NaN inputs from step 2 on: every such step is skipped (nothing applied), the checkpoint of step 4 holds
-  finite params, and the fifth non-finite step in a row (step 6) stops the run."""
+def test_divergence_stops_the_run_and_saves_nothing_non_finite(data_dir, built, tmp_path, monkeypatch):
+  """Non-finite losses from step 2 on: every such step is skipped (nothing applied), the checkpoint of step 4
+  holds finite params, and the fifth non-finite step in a row (step 6) stops the run.
+
+  The poison is token ids past the vocabulary (the embedding lookup reads them as NaN): the batch keeps its
+  dtypes, so the run compiles the very train step of the tiny run (a float image batch would compile another).
+  """
   workdir = str(tmp_path / 'diverged')
   original_next = pipeline.TrainIterator.__next__
   calls = {'n': 0}
+  vocab = built.config.model.text.vocab_size
 
   def poisoned_next(self):
     calls['n'] += 1
     batch = original_next(self)
-    return batch if calls['n'] < 2 else {**batch, 'image': batch['image'] * np.nan}
+    if calls['n'] < 2:
+      return batch
+    tokens = batch['tokens']
+    return {**batch, 'tokens': jax.device_put(np.full(tokens.shape, vocab + 7, tokens.dtype), tokens.sharding)}
 
   monkeypatch.setattr(pipeline.TrainIterator, '__next__', poisoned_next)
   with pytest.raises(Diverged) as e:
@@ -86,9 +103,11 @@ def test_divergence_stops_the_run_and_saves_nothing_non_finite(data_dir, tmp_pat
   assert 'steps 2-6' in message and 'config.max_skipped_steps' in message and '--config.optim.lr' in message
   assert 'the last checkpoint is step 4' in message
   assert e.value.exit_code == 3
-  assert max(read_losses(workdir)) == 6  # Stopped at the fifth skip in a row.
+  losses = read_losses(workdir)
+  assert max(losses) == 6  # Stopped at the fifth skip in a row.
+  assert np.isfinite(losses[1]) and not any(np.isfinite(losses[s]) for s in range(2, 7))
   assert checkpoint_lib.Checkpointer.steps_in(workdir) == [4]
-  stored_params_finite(workdir)
+  stored_params_finite(workdir, built.abstract_state.params)
 
 
 # --------------------------------------------------------------------------------------------- signals
@@ -123,7 +142,10 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(data_dir, reference, tmp_
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous(data_dir, reference, tmp_path, capsys):
+def test_truncated_latest_checkpoint_falls_back_and_other_logging_is_allowed(data_dir, reference, tmp_path, capsys):
+  """A copy of the finished tiny run whose latest checkpoint (8) is truncated, rerun with other logging settings:
+  the settings change is allowed and recorded, checkpoint 8 is set aside, the run resumes from 4, redoes 5-8 and
+  ends where the uninterrupted run did."""
   ref_dir, ref_results = reference
   workdir = copy_of(ref_dir, str(tmp_path / 'corrupt'))
   # The array data of the checkpoint: orbax's merged OCDBT store keeps it in state/d/ (the per-process stores
@@ -132,40 +154,41 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(data_dir, refere
   biggest = max((os.path.join(data_dir_, f) for f in os.listdir(data_dir_)), key=os.path.getsize)
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  results = trainer.train(config(data_dir), workdir)  # Resumes from step 4, redoes 5-8.
+  # Resumes from step 4, redoes 5-8 (logging every 2nd step, so step 8 is logged).
+  results = trainer.train(config(data_dir, log_every=2, keep_ckpts=5), workdir)
   err = capsys.readouterr().err
   assert f'checkpoint {STEPS} of' in err and 'is unusable' in err and 'previous checkpoint is used' in err
   assert os.path.isdir(os.path.join(workdir, checkpoint_lib.UNUSABLE, str(STEPS)))  # Kept for inspection.
   assert results == pytest.approx(ref_results, abs=1e-5)
   np.testing.assert_allclose(read_losses(workdir)[STEPS], read_losses(ref_dir)[STEPS], rtol=1e-5)
+  with open(os.path.join(workdir, 'config_changes.jsonl')) as f:
+    change = json.loads(f.readline())
+  assert change == {'keep_ckpts': [3, 5], 'log_every': [1, 2]}
+  with open(os.path.join(workdir, config_lib.CONFIG_FILE)) as f:
+    assert json.load(f)['log_every'] == 2
 
 
-def test_non_finite_checkpoint_is_not_restored(data_dir, reference, tmp_path):
-  ref_dir, _ = reference
-  run = trainer.run_lib.build(config(data_dir), str(tmp_path / 'w'))
-  ckpt = checkpoint_lib.Checkpointer(ref_dir)
-  good = ckpt.restore(run.abstract_state)
+def test_non_finite_checkpoint_is_not_restored(built, good_state, tmp_path):
+  good = good_state
   bad = good.replace(params=jax.tree.map(lambda x: x * np.nan, good.params))
   target = checkpoint_lib.Checkpointer(str(tmp_path / 'nan'))
   target.save(1, good, force=True)
   target.save(2, bad, force=True)
   target.wait()
-  restored = checkpoint_lib.Checkpointer(str(tmp_path / 'nan')).restore(run.abstract_state)
+  restored = checkpoint_lib.Checkpointer(str(tmp_path / 'nan')).restore(built.abstract_state)
   assert int(restored.step) == int(good.step)
   assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'nan')) == [1]
 
 
-def test_when_no_checkpoint_restores_nothing_is_moved(data_dir, reference, tmp_path):
+def test_when_no_checkpoint_restores_nothing_is_moved(built, good_state, tmp_path):
   """Every checkpoint failing (here: all non-finite; in practice, code that no longer matches them) is one
   ConfigError, and the checkpoints stay where they are."""
-  ref_dir, _ = reference
-  run = trainer.run_lib.build(config(data_dir), str(tmp_path / 'w'))
-  good = checkpoint_lib.Checkpointer(ref_dir).restore(run.abstract_state)
+  good = good_state
   target = checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad'))
   target.save(2, good.replace(params=jax.tree.map(lambda x: x * np.nan, good.params)), force=True)
   target.wait()
   with pytest.raises(ConfigError, match='step 2: ValueError: it holds non-finite values.*nothing was moved'):
-    checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad')).restore(run.abstract_state)
+    checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad')).restore(built.abstract_state)
   assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'all_bad')) == [2]
 
 
@@ -195,17 +218,6 @@ def test_workdir_rerun_with_another_model_is_refused_before_writing(data_dir, re
     for field in fields:
       assert field in str(e.value)
     assert open(path).read() == before  # config.json untouched.
-
-
-def test_workdir_rerun_with_other_logging_is_allowed_and_recorded(data_dir, reference, tmp_path):
-  ref_dir, ref_results = reference
-  workdir = copy_of(ref_dir, str(tmp_path / 'relogged'))
-  assert trainer.train(config(data_dir, log_every=2, keep_ckpts=5), workdir) == pytest.approx(ref_results)
-  with open(os.path.join(workdir, 'config_changes.jsonl')) as f:
-    change = json.loads(f.readline())
-  assert change == {'keep_ckpts': [3, 5], 'log_every': [1, 2]}
-  with open(os.path.join(workdir, config_lib.CONFIG_FILE)) as f:
-    assert json.load(f)['log_every'] == 2
 
 
 # ------------------------------------------------------------------------------------------ fail early
