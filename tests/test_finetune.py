@@ -92,25 +92,33 @@ def test_layer_decay_scales_by_depth_scanned_or_not():
   assert stacked.shape == (2, 1)  # Broadcasts over the stacked [L, width] param.
 
 
-def test_classifier_loss_is_cross_entropy_of_the_head_on_normalised_embeddings():
-  from tests.tiny import tiny_config
+def test_classifier_loss_is_cross_entropy_of_the_head_on_normalised_embeddings(tiny_run):
+  from configs import base
   from vitclip import classifier
   from vitclip.models import build_model, init_params
-  model = build_model(tiny_config('').model)
-  params = init_params(model, jax.random.key(0))
+  # The tiny run's trained params (restoring them costs no compile; initialising does), on one device.
+  workdir, _ = tiny_run
+  model = build_model(run_lib.model_dir_config(workdir, base.get_config()).model)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          jax.eval_shape(lambda r: init_params(model, r), jax.random.key(0)))
+  params = checkpoint_lib.restore_params(workdir, abstract)
   rng = np.random.default_rng(0)
   head = {'kernel': 10 * rng.normal(size=(32, 5)).astype(np.float32), 'bias': rng.normal(size=5).astype(np.float32)}
   params = {**params, 'head': head}
   images = rng.normal(size=(6, 32, 32, 3)).astype(np.float32)
   labels = np.array([0, 1, 2, 3, 4, 0], np.int32)
-  z = np.asarray(model.apply({'params': params}, images, method='embed_image'), np.float64)
+  eps = 0.1
+  # One compiled program (op-by-op dispatch of the towers would compile every op on its own: half a minute).
+  embed_and_loss = jax.jit(lambda p, b: (model.apply({'params': p}, b['image'], method='embed_image'),
+                                         classifier.loss_fn(model, eps)(p, b)))
+  z, (loss, terms) = embed_and_loss(params, {'image': images, 'label': labels})
+  z = np.asarray(z, np.float64)
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   logits = z @ head['kernel'] + head['bias']
   logp = logits - logits.max(1, keepdims=True)
   logp -= np.log(np.exp(logp).sum(1, keepdims=True))
-  eps = 0.1
   targets = np.eye(5)[labels] * (1 - eps) + eps / 5
-  loss, terms = classifier.loss_fn(model, eps)(params, {'image': images, 'label': labels})
   np.testing.assert_allclose(float(loss), -(targets * logp).sum(1).mean(), rtol=1e-5)
   assert float(terms['train_top1']) == pytest.approx(np.mean(logits.argmax(1) == labels))
 
