@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from configs import finetune
@@ -44,11 +43,11 @@ def get_config(arg=None):
 @pytest.fixture(scope='module')
 def model_dir(tiny_data_dir, tmp_path_factory):
   """A model directory in the converted layout: config.json, tokenizer.json and params-only checkpoint 0 (the
-  tiny config's initial weights; training it would cost more than everything here)."""
+  tiny config's initial weights; training it would cost more than everything here). The weights are those of a
+  fresh tiny run's state: its init program is every tiny run's, so a session that trained one has it compiled."""
   directory = str(tmp_path_factory.mktemp('model'))
   run = run_lib.build(tiny.tiny_config(tiny_data_dir), directory)  # Writes config.json, trains the tokenizer.
-  checkpoint_lib.save_params(directory, jax.jit(lambda r: run_lib.init_run_params(run.model, run.config, r))(
-      jax.random.key(0)))
+  checkpoint_lib.save_params(directory, run_lib.create_state(run).params)
   return directory
 
 
