@@ -15,12 +15,16 @@ from vitclip.models import TwoTower, l2_normalize, logit_params
 from vitclip.models.vit import VisionTransformer, _keep_tokens
 
 ACLIP = {'aclip.enabled': True, 'aclip.mlp_hidden': 32, 'aclip.mlp_out': 16, 'aclip.unit': 1}
+# Runs (train steps, objectives) with one block per tower: nothing checked on them depends on the depth (the
+# layer average of the scores is checked on the two-block tower above), and half the param leaves compile in far
+# less time.
+SMALL = {'model.image.variant': 'mu/8', 'model.text.variant': 'mu'}
 
 
 def _tower(**kw):
   m = VisionTransformer(variant='micro/8', image_size=32, embed_dim=16, **kw)
   images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
-  return m, m.init(jax.random.key(1), images), images
+  return m, jax.jit(m.init)(jax.random.key(1), images), images  # Jitted: a fraction of the time of op by op.
 
 
 # ------------------------------------------------------------------------------------------ the tower
@@ -28,12 +32,14 @@ def _tower(**kw):
 
 def test_keep_all_tokens_is_the_plain_forward_and_order_free_for_gap():
   m, p, x = _tower(pool='gap', cls_token=False)
+  apply = jax.jit(m.apply)  # One program per shape of `keep` (a fraction of the time of op by op).
+  plain = apply(p, x)
   every = jnp.broadcast_to(jnp.arange(16), (3, 16))
-  np.testing.assert_allclose(m.apply(p, x, keep=every), m.apply(p, x), atol=1e-5)
+  np.testing.assert_allclose(apply(p, x, keep=every), plain, atol=1e-5)
   # Global attention + GAP is permutation invariant once position embeddings are added: dropping happens after.
   perm = jnp.stack([jax.random.permutation(jax.random.key(i), 16) for i in range(3)])
-  np.testing.assert_allclose(m.apply(p, x, keep=perm), m.apply(p, x), atol=1e-5)
-  assert not np.allclose(m.apply(p, x, keep=every[:, :8]), m.apply(p, x), atol=1e-3)
+  np.testing.assert_allclose(apply(p, x, keep=perm), plain, atol=1e-5)
+  assert not np.allclose(apply(p, x, keep=every[:, :8]), plain, atol=1e-3)
 
 
 def test_kept_tokens_attend_by_their_original_grid_positions():
@@ -128,19 +134,23 @@ def test_selection_keeps_exactly_the_top_units():
 
 
 def test_scores_resampled_from_the_union_onto_a_view():
+  # Jitted: a fraction of the time of op by op.
+  scores_in_view = jax.jit(masking.scores_in_view, static_argnums=3)
+  random_boxes = jax.jit(masking.random_boxes, static_argnums=(1, 2))
+  crop_resize = jax.jit(masking.crop_resize, static_argnums=2)
   scores = jnp.arange(16.0).reshape(1, 4, 4)
   whole = jnp.array([[0.0, 0.0, 1.0, 1.0]])
-  np.testing.assert_allclose(masking.scores_in_view(scores, whole, whole, 4), scores, atol=1e-5)
+  np.testing.assert_allclose(scores_in_view(scores, whole, whole, 4), scores, atol=1e-5)
   # The view is the union's top-left quarter: its 2 x 2 grid sits on the union's tokens 0, 1, 4, 5.
   quarter = jnp.array([[0.0, 0.0, 0.5, 0.5]])
-  np.testing.assert_allclose(masking.scores_in_view(scores, whole, quarter, 2)[0], [[0, 1], [4, 5]], atol=1e-5)
-  boxes = masking.random_boxes(jax.random.key(0), 100, (0.5, 1.0))
+  np.testing.assert_allclose(scores_in_view(scores, whole, quarter, 2)[0], [[0, 1], [4, 5]], atol=1e-5)
+  boxes = np.asarray(random_boxes(jax.random.key(0), 100, (0.5, 1.0)))
   assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, :2] + boxes[:, 2:] <= 1 + 1e-6)
   assert np.all((boxes[:, 2] ** 2 >= 0.5 - 1e-6) & (boxes[:, 2] ** 2 <= 1 + 1e-6))
-  union = masking.union_box(boxes[:50], boxes[50:])
+  union = np.asarray(jax.jit(masking.union_box)(boxes[:50], boxes[50:]))
   assert np.all(union[:, :2] <= np.minimum(boxes[:50, :2], boxes[50:, :2]) + 1e-6)
   image = jnp.broadcast_to(jnp.arange(8.0)[None, :, None, None], (1, 8, 8, 1))  # Value = row index.
-  crop = masking.crop_resize(image, jnp.array([[0.5, 0.0, 0.5, 0.5]]), 4)
+  crop = crop_resize(image, jnp.array([[0.5, 0.0, 0.5, 0.5]]), 4)
   np.testing.assert_allclose(crop[0, :, 0, 0], [4, 5, 6, 7], atol=1e-5)
 
 
@@ -158,7 +168,7 @@ def test_ema_momentum_schedule_and_update():
 
 def _build(tmp_path, devices=1, **overrides):
   """A run of the tiny config on the first `devices` devices (one unless sharding is the point: compiles fast)."""
-  config = tiny_config(str(tmp_path), **overrides)
+  config = tiny_config(str(tmp_path), **SMALL, **overrides)
   return run_lib.build(config, None, devices=jax.devices()[:devices], train=False, check_data=False,
                        with_tokenizer=False)
 
@@ -202,22 +212,31 @@ def test_aclip_objective_matches_an_independent_recomputation(aclip_run):
   key = train_step.step_key(state)
   params, ema = jax.device_get((state.params, state.ema))
   _, terms = step(state, batch)  # The state is donated: read above what the recomputation needs.
-  a, model = run.config.aclip, run.model
-  k1, k2, s1, s2 = jax.random.split(key, 4)
+  a, model, heads = run.config.aclip, run.model, aclip.heads_from_config(run.config)
   b = run.config.batch_size
-  boxes = [masking.random_boxes(k, b, a.view_crop_scale) for k in (k1, k2)]
-  union = masking.union_box(*boxes)
-  teacher = {'params': {**params, 'img': ema}}
-  apply = jax.jit(model.apply, static_argnames=('method', 'return_scores'))  # A third of the time of op by op.
-  target, scores = apply(teacher, masking.crop_resize(batch['image'], union, 32), return_scores=True,
-                         method=TwoTower.embed_image)
-  ztxt = np.asarray(apply({'params': params}, None, batch['tokens'])[1], np.float64)
+
+  @jax.jit  # One program: a fraction of the time of op by op.
+  def pieces(params, ema, batch, key):
+    """The text embeddings, the EMA tower's embedding of the union view, and each masked view's embedding with
+    its SimCLR projection and BYOL prediction."""
+    k1, k2, s1, s2 = jax.random.split(key, 4)
+    boxes = [masking.random_boxes(k, b, a.view_crop_scale) for k in (k1, k2)]
+    union = masking.union_box(*boxes)
+    teacher = {'params': {**params, 'img': ema}}
+    target, scores = model.apply(teacher, masking.crop_resize(batch['image'], union, 32), return_scores=True,
+                                 method=TwoTower.embed_image)
+    ztxt = model.apply({'params': params}, None, batch['tokens'])[1]
+    views = []
+    for box, k in zip(boxes, (s1, s2)):
+      keep = masking.select_by_score(masking.scores_in_view(scores, union, box, 4), 0.5, 1, 'high', k)
+      h = model.apply({'params': params}, masking.crop_resize(batch['image'], box, 32), keep=keep,
+                      method=TwoTower.embed_image)
+      views.append((h, *heads.apply({'params': params['aclip']}, h)))
+    return ztxt, target, views
+
+  ztxt, target, views = pieces(params, ema, batch, key)
+  ztxt = np.asarray(ztxt, np.float64)
   t = float(np.exp(params['t']))
-  views = []
-  for box, k in zip(boxes, (s1, s2)):
-    keep = masking.select_by_score(masking.scores_in_view(scores, union, box, 4), 0.5, 1, 'high', k)
-    h = apply({'params': params}, masking.crop_resize(batch['image'], box, 32), keep=keep, method=TwoTower.embed_image)
-    views.append((h, *aclip.heads_from_config(run.config).apply({'params': params['aclip']}, h)))
   norm = lambda z: np.asarray(l2_normalize(z), np.float64)
   clip = sum(_infonce(norm(h), ztxt, t) for h, _, _ in views)
   simclr = _infonce(norm(views[0][1]), norm(views[1][1]), 1 / a.simclr_temperature)
@@ -244,12 +263,12 @@ def test_aclip_objective_shards_like_the_loss(aclip_run, tmp_path):
 
 @pytest.mark.parametrize('masked_run', ['aclip_run', 'flip_run'])
 def test_masked_training_resumes_exactly(tmp_path, masked_run, request):
-  """Masks come from fold_in(rng, step) and the EMA is in the checkpoint: 2 + 2 steps == 4 steps. (A-CLIP: the
+  """Masks come from fold_in(rng, step) and the EMA is in the checkpoint: 1 + 1 steps == 2 steps. (A-CLIP: the
   EMA update is checked on the way.)"""
   run, step = request.getfixturevalue(masked_run)
-  batches = [_batch(run, seed) for seed in range(4)]
-  state = run_lib.create_state(run)
-  for i in range(2):
+  batches = [_batch(run, seed) for seed in range(2)]
+
+  def checked_step(state, i):
     old_ema = jax.device_get(state.ema)
     state, metrics = step(state, batches[i])
     if old_ema is not None:  # The EMA follows the new params with the scheduled momentum.
@@ -258,16 +277,16 @@ def test_masked_training_resumes_exactly(tmp_path, masked_run, request):
       want = jax.tree.map(lambda e, p: m * e + (1 - m) * p, old_ema, jax.device_get(state.params['img']))
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), jax.device_get(state.ema),
                    want)
+    return state
+
+  state = checked_step(run_lib.create_state(run), 0)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'w'))
-  ckpt.save(2, state, force=True)
+  ckpt.save(1, state, force=True)
   ckpt.wait()
-  straight = state
-  for i in range(2, 4):
-    straight, _ = step(straight, batches[i])
-  resumed = ckpt.restore(run.abstract_state, step=2)
+  resumed = ckpt.restore(run.abstract_state, step=1)
   ckpt.close()
-  for i in range(2, 4):
-    resumed, _ = step(resumed, batches[i])
+  straight = checked_step(state, 1)
+  resumed, _ = step(resumed, batches[1])
   plain = lambda s: jax.device_get(s.replace(rng=jax.random.key_data(s.rng)))
   jax.tree.map(np.testing.assert_array_equal, plain(resumed), plain(straight))
 
