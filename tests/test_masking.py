@@ -263,10 +263,11 @@ def test_aclip_objective_shards_like_the_loss(aclip_run, tmp_path):
 
 @pytest.mark.parametrize('masked_run', ['aclip_run', 'flip_run'])
 def test_masked_training_resumes_exactly(tmp_path, masked_run, request):
-  """Masks come from fold_in(rng, step) and the EMA is in the checkpoint: 1 + 1 steps == 2 steps. (A-CLIP: the
-  EMA update is checked on the way.)"""
+  """Masks come from fold_in(rng, step) and the EMA is in the checkpoint: 2 + 1 steps == 3 steps. (A-CLIP: the
+  EMA update is checked on the way.) Two steps before the checkpoint: the first has lr 0 (warmup), so only after
+  the second do the params differ from the EMA and the init."""
   run, step = request.getfixturevalue(masked_run)
-  batches = [_batch(run, seed) for seed in range(2)]
+  batches = [_batch(run, seed) for seed in range(3)]
 
   def checked_step(state, i):
     old_ema = jax.device_get(state.ema)
@@ -279,14 +280,14 @@ def test_masked_training_resumes_exactly(tmp_path, masked_run, request):
                    want)
     return state
 
-  state = checked_step(run_lib.create_state(run), 0)
+  state = checked_step(checked_step(run_lib.create_state(run), 0), 1)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'w'))
-  ckpt.save(1, state, force=True)
+  ckpt.save(2, state, force=True)
   ckpt.wait()
-  resumed = ckpt.restore(run.abstract_state, step=1)
+  resumed = ckpt.restore(run.abstract_state, step=2)  # Before the straight step, which donates `state`.
   ckpt.close()
-  straight = checked_step(state, 1)
-  resumed, _ = step(resumed, batches[1])
+  straight = checked_step(state, 2)
+  resumed, _ = step(resumed, batches[2])
   plain = lambda s: jax.device_get(s.replace(rng=jax.random.key_data(s.rng)))
   jax.tree.map(np.testing.assert_array_equal, plain(resumed), plain(straight))
 
