@@ -84,7 +84,8 @@ class Checkpointer:
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    return jax.tree.map(_as_target_key, restored, abstract_state)
 
   def _move_aside(self, step: int):
     if jax.process_index() == 0:
@@ -108,6 +109,15 @@ def _use_replica_parallel_only_across_processes():
   replica per array (thousands of tiny slices on 8 CPU devices: seconds per save); keep it for multi-process runs."""
   ocp.type_handlers.register_type_handler(
       jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1), override=True)
+
+
+def _as_target_key(restored, target):
+  """Orbax stores a typed PRNG key as its raw uint32 data and restores that; wrap it back into the target's key
+  type, so a resumed state has the types of a fresh one (and runs the same compiled step)."""
+  if jax.dtypes.issubdtype(getattr(target, 'dtype', None), jax.dtypes.prng_key) and not jax.dtypes.issubdtype(
+      restored.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(restored, impl=target.dtype._impl.name)  # pylint: disable=protected-access
+  return restored
 
 
 def _one_line(error: Exception) -> str:
