@@ -13,6 +13,7 @@ written, naming the differing fields; other changes (total steps, evaluation, lo
 recorded in `config_changes.jsonl`.
 """
 
+import collections
 import dataclasses
 import json
 import os
@@ -304,7 +305,8 @@ def create_state(run: Run) -> TrainState:
   loaded from `config.init_from` when set."""
   # Shapes are checked first: a mismatched checkpoint stops before anything is initialised or compiled.
   loading = init_from.plan(run) if run.config.init_from else None
-  init = jax.jit(lambda r: _init_state(run.model, run.config, run.tx, r), out_shardings=run.state_shardings)
+  init = _jitted('init', run, lambda: jax.jit(lambda r: _init_state(run.model, run.config, run.tx, r),
+                                             out_shardings=run.state_shardings))
   state = init(jax.random.key(run.config.seed))
   if loading is not None:
     state = init_from.load_into_state(run, state, loading)
@@ -340,8 +342,28 @@ def batch_keys(config) -> tuple[str, str]:
 
 def compile_train_step(run: Run):
   """jit of the train step with explicit in/out shardings; the state is donated (updated in place)."""
-  step = make_train_step(run.model, run.tx, run.schedule, run.config, run.mesh)
-  batch_sh = sharding.batch_sharding(run.mesh)
-  batch_shardings = {key: batch_sh for key in batch_keys(run.config)}
-  return jax.jit(step, in_shardings=(run.state_shardings, batch_shardings),
-                 out_shardings=(run.state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
+  def make():
+    step = make_train_step(run.model, run.tx, run.schedule, run.config, run.mesh)
+    batch_sh = sharding.batch_sharding(run.mesh)
+    batch_shardings = {key: batch_sh for key in batch_keys(run.config)}
+    return jax.jit(step, in_shardings=(run.state_shardings, batch_shardings),
+                   out_shardings=(run.state_shardings, sharding.replicated(run.mesh)), donate_argnums=0)
+  return _jitted('train_step', run, make)
+
+
+# Runs built from equal configs on the same mesh trace and compile the same programs. The last few jitted
+# functions are kept, so that a process which runs such runs one after another (a run resumed in process, an
+# evaluation after training, a test session) reuses their traces and executables instead of building them again.
+_JITTED = collections.OrderedDict()
+_JITTED_KEEP = 8
+
+
+def _jitted(kind: str, run: Run, make):
+  """`make()`'s jitted function for (kind, run.config, run.mesh), made once and kept among the last few."""
+  key = (kind, json.dumps(run.config.to_dict(), sort_keys=True, default=repr), run.mesh)
+  if key not in _JITTED:
+    _JITTED[key] = make()
+    while len(_JITTED) > _JITTED_KEEP:
+      _JITTED.popitem(last=False)
+  _JITTED.move_to_end(key)
+  return _JITTED[key]
