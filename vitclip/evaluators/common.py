@@ -28,9 +28,18 @@ from vitclip.tokenizer import Tokenizer
 # ---------------------------------------------------------------------------------------------- context
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_encoder(model, mesh, method: str):
+  """jit of `model.apply(params, x, method=method)` with batch-sharded output. Equal models (hashable: built from
+  plain values) on one mesh share it, so evaluating the same model again in a process traces and compiles
+  nothing."""
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, method=method),
+                 out_shardings=sharding.batch_sharding(mesh))
+
+
 @dataclasses.dataclass(eq=False)
 class Context:
-  """The run as evaluators see it. One per `Suite`, so its cached jitted encoders live as long as the run."""
+  """The run as evaluators see it: one per `Suite`. Its jitted encoders are shared by equal models on one mesh."""
   config: Any
   model: Any
   tokenizer: Tokenizer
@@ -46,15 +55,13 @@ class Context:
     par = int(np.prod([self.mesh.shape[a] for a in sharding.batch_axes(self.mesh)]))
     return -(-self.config.evals.batch_size // par) * par
 
-  @functools.cached_property
+  @property
   def _encode_image(self):
-    return jax.jit(lambda p, x: self.model.apply({'params': p}, x, method='encode_image'),
-                   out_shardings=sharding.batch_sharding(self.mesh))
+    return _jitted_encoder(self.model, self.mesh, 'encode_image')
 
-  @functools.cached_property
+  @property
   def _encode_text(self):
-    return jax.jit(lambda p, x: self.model.apply({'params': p}, x, method='encode_text'),
-                   out_shardings=sharding.batch_sharding(self.mesh))
+    return _jitted_encoder(self.model, self.mesh, 'encode_text')
 
   def encode_texts(self, params, texts: Sequence[str]) -> np.ndarray:
     """N strings -> float32 [N, D] L2-normalized, in padded batches sharded over the mesh."""
