@@ -18,10 +18,15 @@ Prints a table and writes WORKDIR/eval_results.json with flat keys such as "zero
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from vitclip import host_malloc
 
-from vitclip import distributed, entry, host_malloc
+if __name__ == '__main__':  # First: the re-exec restarts the interpreter, so nothing heavy is imported before it.
+  host_malloc.reexec_if_needed()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vitclip import distributed, entry  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = config_flags.DEFINE_config_file('config', os.path.join(ROOT, 'configs', 'base.py'),
@@ -57,5 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_malloc.reexec_if_needed()
   app.run(main, flags_parser=entry.parse_flags)

@@ -10,10 +10,15 @@ steps in a row); 4 a checkpoint could not be written (disk full); 128 + N stoppe
 SIGINT 130) after writing a checkpoint — rerun the same command to continue.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from vitclip import host_malloc
 
-from vitclip import distributed, entry, host_malloc
+if __name__ == '__main__':  # First: the re-exec restarts the interpreter, so nothing heavy is imported before it.
+  host_malloc.reexec_if_needed()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from vitclip import distributed, entry  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/x.py or configs/x.py:arg).',
                                           lock_config=True)
@@ -32,5 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_malloc.reexec_if_needed()
   app.run(main, flags_parser=entry.parse_flags)

@@ -20,12 +20,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from vitclip import host_malloc  # noqa: E402
+
+if __name__ == '__main__':  # First: the re-exec restarts the interpreter, so nothing heavy is imported before it.
+  host_malloc.reexec_if_needed()
+
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import step as step_bench  # noqa: E402  (benchmarks/step.py: its flags --config, --steps, --warmup, --json)
-from vitclip import host_malloc, memory, run as run_lib  # noqa: E402
+from vitclip import memory, run as run_lib  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved timing rounds of --steps steps per method.',
                                lower_bound=1)
@@ -114,5 +119,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_malloc.reexec_if_needed()
   app.run(main)

@@ -16,13 +16,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vitclip import host_malloc  # noqa: E402
+
+if __name__ == '__main__':  # First: the re-exec restarts the interpreter, so nothing heavy is imported before it.
+  host_malloc.reexec_if_needed()
+
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vitclip import flops, host_malloc, run as run_lib, sharding  # noqa: E402
+from vitclip import flops, run as run_lib, sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=False)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps.', lower_bound=1)
@@ -112,5 +117,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_malloc.reexec_if_needed()
   app.run(main)

@@ -1,6 +1,8 @@
-"""The host malloc re-exec: when it applies, and that a re-executed script runs once with the settings."""
+"""The host malloc re-exec: when it applies, that a re-executed script runs once with the settings, and that
+train.py re-executes before it imports jax."""
 
 import os
+import re
 import platform
 import subprocess
 import sys
@@ -41,3 +43,16 @@ def test_reexec_runs_the_script_once_with_the_settings(tmp_path):
   out = subprocess.run([sys.executable, str(script), '--flag=1'], env=env, capture_output=True, text=True,
                        check=True).stdout.splitlines()
   assert out == ['started', 'started', "args ['--flag=1'] arena 1"]
+
+
+@glibc_linux
+def test_train_py_reexecutes_before_importing_jax():
+  """Everything imported before the re-exec is imported again after it: jax must be imported once in all."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+  env['JAX_PLATFORMS'] = 'cpu'
+  proc = subprocess.run([sys.executable, '-X', 'importtime', 'train.py', '--helpshort'], cwd=root, env=env,
+                        capture_output=True, text=True, check=False)
+  assert '--workdir: Directory for checkpoints' in proc.stdout, proc.stderr[-2000:]  # absl's help, then exit 1.
+  assert len(re.findall(r'^import time:.*\|\s+vitclip\.host_malloc$', proc.stderr, re.M)) == 2  # Re-executed once.
+  assert len(re.findall(r'^import time:.*\|\s+jax$', proc.stderr, re.M)) == 1

@@ -42,7 +42,8 @@ def should_apply(environ=None) -> bool:
 
 
 def reexec_if_needed() -> None:
-  """Call first thing in a script's `__main__` block: returns only when no re-exec is needed."""
+  """Call first thing in a script run as `__main__`, before its other imports (a re-exec after them would pay
+  for jax, flax and the rest twice); returns only when no re-exec is needed."""
   if not should_apply():
     return
   os.environ.update(SETTINGS)
