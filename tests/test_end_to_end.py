@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.tiny import tiny_config
+from vitclip import run as run_lib
 from vitclip import trainer
 from vitclip.data import pipeline
 
@@ -77,20 +79,13 @@ def test_resume_after_crash_replays_the_same_losses(uninterrupted, data_dir, tmp
 
 
 def test_eval_restores_the_trained_model(uninterrupted, data_dir):
+  """What `eval.py --config tests/tiny.py:DATA --workdir RUN` evaluates (the run's config.json under the given
+  evaluation settings; in process, where the run's encoders are already compiled): the run's own numbers, written
+  to RUN/eval_results.json. The command line itself: test_eval_cli_takes_the_run_from_its_own_config."""
   workdir, results = uninterrupted
-  again = trainer.evaluate(tiny_config(data_dir), workdir)
+  given = tiny_config(data_dir)
+  again = trainer.evaluate(run_lib.model_dir_config(workdir, given, evals_from=given), workdir)
   assert again == pytest.approx(results, abs=1e-5)
-
-
-def test_eval_cli_writes_results(uninterrupted, data_dir):
-  workdir, results = uninterrupted
-  os.remove(os.path.join(workdir, 'eval_results.json'))
-  proc = subprocess.run(
-      [sys.executable, 'eval.py', '--config', f'tests/tiny.py:{data_dir}', '--workdir', workdir],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'zeroshot/shapes/top1' in proc.stdout
   with open(os.path.join(workdir, 'eval_results.json')) as f:
     assert json.load(f) == pytest.approx(results, abs=1e-5)
 
@@ -123,19 +118,21 @@ def test_python_api_reproduces_the_runs_zero_shot(uninterrupted, data_dir):
 
 
 def test_eval_cli_takes_the_run_from_its_own_config(uninterrupted, data_dir, tmp_path):
-  """`eval.py --workdir RUN` with no --config: the run's 32 px model, its tokenizer and data settings (tests/tiny.py
-  differs from configs/base.py in all of them) give the run's own numbers; a conflicting model override is
-  refused with both values."""
+  """`eval.py --workdir OUT --checkpoint_dir RUN` with no --config: the run's 32 px model, its tokenizer and data
+  settings (tests/tiny.py differs from configs/base.py in all of them) give the run's own numbers, printed and
+  written to OUT; with `--config FILE:ARG`, a conflicting model override is refused with both values (status 2,
+  one error, no traceback) before anything compiles."""
   workdir, results = uninterrupted
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   out = str(tmp_path / 'out')
   proc = subprocess.run([sys.executable, 'eval.py', '--workdir', out, '--checkpoint_dir', workdir], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert re.search(r'^zeroshot/shapes/top1 +{:.4f}$'.format(results['zeroshot/shapes/top1']), proc.stdout, re.M)
   with open(os.path.join(out, 'eval_results.json')) as f:
     assert json.load(f) == pytest.approx(results, abs=1e-5)
-  proc = subprocess.run([sys.executable, 'eval.py', '--workdir', out, '--checkpoint_dir', workdir,
-                         '--config.model.image.image_size=48'], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300, env=env)
-  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  proc = subprocess.run([sys.executable, 'eval.py', '--config', f'tests/tiny.py:{data_dir}', '--workdir', out,
+                         '--checkpoint_dir', workdir, '--config.model.image.image_size=48'], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   assert '--config.model.image.image_size=48 conflicts with model.image.image_size=32' in proc.stderr
