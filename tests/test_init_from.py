@@ -23,12 +23,15 @@ from vitclip.models.vit import resample_posemb
 # A CLIP-style image tower (CLS token, learned position embeddings): the one whose position grid init_from
 # resamples. The tiny demo tower pools by GAP with fixed sin-cos embeddings, which have no params.
 CLIP_IMAGE = {'model.image.pool': 'tok', 'model.image.posemb': 'learn', 'model.image.cls_token': True}
+# One block per tower (tests/test_sharding.py's sizes): loading, resampling and freezing do not depend on the depth,
+# and the inits and train step of the runs here compile in far less time.
+SMALL = {'model.image.variant': 'mu/8', 'model.text.variant': 'mu'}
 FSDP = {'mesh': [('data', 2), ('fsdp', -1)], 'sharding.params': 'fsdp', 'sharding.fsdp_min_size': 256}
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(tiny_data_dir):
+  return tiny_data_dir  # The session's generated shapes data: not generated again for this module.
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +67,7 @@ def start(data_dir, workdir, **overrides):
 
 
 def tiny_config(data_dir, **overrides):
-  return tiny.tiny_config(data_dir, **{**CLIP_IMAGE, **overrides})
+  return tiny.tiny_config(data_dir, **{**CLIP_IMAGE, **SMALL, **overrides})
 
 
 def assert_equal_trees(got, want):
@@ -129,11 +132,11 @@ def test_lit_run_from_a_converted_dir(source, data_dir, tmp_path):
 def test_mismatched_variant_names_the_first_bad_key_and_shapes(source, data_dir, tmp_path):
   _, converted, _, _ = source
   with pytest.raises(config_lib.ConfigError) as e:
-    start(data_dir, tmp_path, init_from=converted, **{'model.image.variant': 'micro/4'})
+    start(data_dir, tmp_path, init_from=converted, **{'model.image.variant': 'mu/4'})
   msg = str(e.value)
-  # configs/shapes.py uses the conv stem: micro/8 has three stride-2 convs (8, 16, 32 channels), micro/4 two.
+  # configs/shapes.py uses the conv stem: mu/8 has three stride-2 convs (8, 16, 32 channels), mu/4 two.
   assert "'img/stem_conv0/bias' has shape (8,) in the checkpoint but the model expects (16,)" in msg
-  assert "model.image.variant ('micro/8' there, 'micro/4' here)" in msg
+  assert "model.image.variant ('mu/8' there, 'mu/4' here)" in msg
 
 
 def test_checkpoint_not_matching_its_config_is_reported_as_such(source, data_dir, tmp_path):
@@ -142,11 +145,11 @@ def test_checkpoint_not_matching_its_config_is_reported_as_such(source, data_dir
   shutil.copytree(converted, broken)
   with open(os.path.join(broken, 'config.json')) as f:
     config = json.load(f)
-  config['model']['text']['variant'] = 'mu'  # Same width, but MLP size 128 instead of the saved 64.
+  config['model']['text']['variant'] = 'micro'  # Same width, but MLP size 64 instead of the saved 128.
   with open(os.path.join(broken, 'config.json'), 'w') as f:
     json.dump(config, f)
   with pytest.raises(config_lib.ConfigError, match=r"'txt/Encoder_0/encoderblock_0/MlpBlock_0/Dense_0/bias' has "
-                     r"shape \(64,\) in the checkpoint but the model expects \(128,\)\. The checkpoint does not "
+                     r"shape \(128,\) in the checkpoint but the model expects \(64,\)\. The checkpoint does not "
                      r"match .*broken/config.json"):
     start(data_dir, tmp_path / 'run', init_from=broken)
 
@@ -165,7 +168,7 @@ def test_pretrained_config_types_and_base_settings(source, data_dir):
   workdir, converted, _, _ = source
   assert pretrained.get_config(workdir).tokenizer.path == os.path.join(workdir, 'tokenizer.json')  # trained
   c = pretrained.get_config(converted)
-  assert c.model.image.variant == 'micro/8' and c.init_from == converted
+  assert c.model.image.variant == 'mu/8' and c.init_from == converted
   assert c.tokenizer.path == os.path.join(converted, 'tokenizer.json')
   assert isinstance(c.evals.names, tuple) and isinstance(c.data.crop_scale, tuple)
   assert isinstance(c.mesh, list) and isinstance(c.mesh[0], tuple)
