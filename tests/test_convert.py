@@ -45,8 +45,8 @@ TRICKY = ['a photo of a cat', 'A  PHOTO\tof\n the Dog!!', "it's won't I'LL", 'Gr
           'a — b “quoted” ¿qué?', '<|endoftext|> hi']
 
 
-def _tower_kwargs(**text):
-  common = dict(hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=DEPTH, num_attention_heads=HEADS)
+def _tower_kwargs(depth=DEPTH, mlp=MLP, **text):
+  common = dict(hidden_size=WIDTH, intermediate_size=mlp, num_hidden_layers=depth, num_attention_heads=HEADS)
   return dict(vision_config=dict(common, image_size=IMAGE, patch_size=PATCH),
               text_config=dict(common, max_position_embeddings=MAX_LEN, **text))
 
@@ -170,15 +170,9 @@ def clip(tmp_path_factory):
   root = tmp_path_factory.mktemp('clip')
   merges = _clip_merges()
   vocab = tokenizer_lib.clip_vocab_from_merges(merges)  # OpenAI's rule: EOT is the largest id.
-  hf_tok = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
-  eos, bos = vocab[tokenizer_lib.CLIP_EOS], vocab[tokenizer_lib.CLIP_BOS]
-  torch.manual_seed(0)
-  model = _randomize(transformers.CLIPModel(transformers.CLIPConfig(
-      **_tower_kwargs(vocab_size=len(vocab), eos_token_id=eos, bos_token_id=bos, pad_token_id=eos),
-      projection_dim=24)), seed=0)
   folder = str(root / 'hf')
-  model.save_pretrained(folder)
-  hf_tok.save_pretrained(folder)
+  model, hf_tok = _save_hf_clip(folder, merges, vocab, seed=0)
+  eos = vocab[tokenizer_lib.CLIP_EOS]
   ids = hf_tok(TRICKY, padding='max_length', truncation=True, max_length=MAX_LEN)['input_ids']
 
   state = _openai_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
@@ -186,7 +180,21 @@ def clip(tmp_path_factory):
   torch.save({'state_dict': {f'module.{k}': torch.from_numpy(v) for k, v in state.items()}, 'epoch': 3},
              str(root / 'openai.pt'))
   tokenizer_files.write_openai_bpe(str(root / 'bpe.txt.gz'), merges)  # OpenAI's layout, header line included.
-  return dict(root=root, folder=folder, ids=ids, ref=_reference(model, ids), state=state, vocab=vocab, eos=eos)
+  return dict(root=root, folder=folder, ids=ids, ref=_reference(model, ids), state=state, vocab=vocab, eos=eos,
+              merges=merges)
+
+
+def _save_hf_clip(folder: str, merges, vocab: dict, seed: int, **sizes):
+  """A random tiny HF CLIPModel (projection 24; `sizes`: depth, mlp) and its CLIPTokenizer saved to `folder`."""
+  hf_tok = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+  eos, bos = vocab[tokenizer_lib.CLIP_EOS], vocab[tokenizer_lib.CLIP_BOS]
+  torch.manual_seed(seed)
+  model = _randomize(transformers.CLIPModel(transformers.CLIPConfig(
+      **_tower_kwargs(**sizes, vocab_size=len(vocab), eos_token_id=eos, bos_token_id=bos, pad_token_id=eos),
+      projection_dim=24)), seed=seed)
+  model.save_pretrained(folder)
+  hf_tok.save_pretrained(folder)
+  return model, hf_tok
 
 
 def _openai_padding(ids):
@@ -563,13 +571,17 @@ def test_finetuning_starts_from_a_converted_hf_clip(clip, tiny_data_dir, tmp_pat
   from configs import finetune
   from tests.tiny import override, tiny_config
   from vitclip import trainer
-  out = str(tmp_path / 'out')
-  convert(clip['folder'], out)
+  # One block per tower (vitclip's 'mu'; the conversion of two blocks is checked above): nothing checked here
+  # depends on the depth, and the classifier's train step and evaluators compile in far less time.
+  src, out = str(tmp_path / 'hf'), str(tmp_path / 'out')
+  _save_hf_clip(src, clip['merges'], clip['vocab'], seed=3, depth=1, mlp=128)
+  convert(src, out)
   shapes = tiny_config(tiny_data_dir).data.shapes  # The tiny shapes world the other tests already generated.
   config = finetune.get_config(f'{out},shapes,method=classifier,steps=2,warmup=1,batch=16,lr=1e-4,templates=a {{}}.')
   override(config, **{'data.data_dir': tiny_data_dir, 'evals.batch_size': 32, 'ckpt_every': 2})
   config.data.shapes.update(shapes.to_dict())
   assert (config.init_from, config.loss.kind, config.model.image.act) == (out, 'softmax', 'quick_gelu')
+  assert (config.model.image.variant, config.model.text.variant) == ('mu/8', 'mu')
   results = trainer.train(config, str(tmp_path / 'classifier'))
   assert set(results) >= {'classifier/shapes/top1', 'classifier/shapes/wise_0/top1'}
   assert all(0.0 <= v <= 1.0 for v in results.values())
