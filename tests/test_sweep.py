@@ -1,23 +1,28 @@
 """vitclip.sweep: the grid and what it derives, cells as ordinary resumable runs, a rerun that skips finished
-cells, a killed or stopped cell that resumes to the uninterrupted numbers, the outputs holding the cells' numbers,
-mistakes stopping before any cell runs, memory-only mode equal to measuring the step directly; vitclip.memory.
+cells, a killed cell recorded and a stopped one resuming to the uninterrupted numbers, the outputs holding the
+cells' numbers, mistakes stopping before any cell runs, memory-only mode equal to measuring the step directly;
+vitclip.memory.
 
 The grid is 2 methods × 2 batches of tests/tiny.py, 128 examples per cell. One study of two of its cells (clip at
 batch 16, siglip at 32: every method and every batch once, in different rows and columns of the report's tables)
-runs once for the module, interrupted on the way: clip_b16_s0's train.py is killed, the rerun is stopped while it
-resumes, the third run finishes it. That cell is tests/tiny.py as it is (the grid's derived settings equal its
+runs once for the module, interrupted on the way: clip_b16_s0's train.py is killed, the rerun is stopped while the
+cell trains, the third run finishes it. That cell is tests/tiny.py as it is (the grid's derived settings equal its
 own), run on the session's 8 devices: the conftest's uninterrupted `tiny_run` of the same config is its reference,
-and its programs are already in the session's compilation cache. Each train.py process costs seconds, so the
-module starts no more of them than that.
+and its programs are already in the session's compilation cache. Each train.py or sweep process costs seconds, so
+the module starts few: the cell is killed early (once it wrote its config), and only the stopped run, which is
+about the sweep command's signal handling, is a sweep process; the other two run the same `run_sweep` here.
 """
 
+import contextlib
 import csv
+import io
 import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -77,35 +82,59 @@ def study_config(tiny_data_dir, tmp_path_factory):
   return write_sweep_config(tmp_path_factory.mktemp('study_config'), tiny_data_dir, {'clip': (16,), 'siglip': (32,)})
 
 
-def run_sweep(config: str, workdir: str, *args: str, wait: bool = True, one_device: bool = False):
-  """`python -m vitclip.sweep`; its cells see the session's 8 CPU devices (tests/conftest.py), or one."""
-  env = os.environ
-  if one_device:
-    flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
-    env = dict(os.environ, XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']))
+def run_sweep(config: str, workdir: str, *args: str, wait: bool = True):
+  """`python -m vitclip.sweep`; its cells see the session's 8 CPU devices (tests/conftest.py)."""
   cmd = [sys.executable, '-m', 'vitclip.sweep', '--config', config, '--workdir', workdir, *args]
   if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
 
 
-def run_until(config: str, workdir: str, ready, stop) -> tuple[int, str, str]:
-  """Starts the sweep, waits until `ready()`, calls `stop(proc)`; returns (exit code, stdout, stderr)."""
-  proc = run_sweep(config, workdir, wait=False)
-  deadline = time.time() + 300
+def sweep_here(config: str, workdir: str, **modes) -> tuple[int, str, str]:
+  """`vitclip.sweep.run_sweep` in this process, as the command calls it: (exit status, stdout, '')."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = sweep.run_sweep(sweep.load_config_file(config), config, workdir, [], **modes)
+  return code, out.getvalue(), ''
+
+
+def children(pid: int) -> list[int]:
+  """The processes `pid` (any of its threads) started."""
+  found = []
+  for task in os.listdir(f'/proc/{pid}/task'):
+    try:
+      with open(f'/proc/{pid}/task/{task}/children') as f:
+        found += map(int, f.read().split())
+    except OSError:  # A thread that ended meanwhile.
+      pass
+  return found
+
+
+def cell_process(parent: int, cell_workdir: str) -> int | None:
+  """The running train.py of `cell_workdir` among the children of `parent`, if any."""
+  for child in children(parent):
+    try:
+      with open(f'/proc/{child}/cmdline', 'rb') as f:
+        args = f.read().decode().split('\0')
+    except OSError:  # Exited meanwhile.
+      continue
+    if cell_workdir in args:
+      return child
+  return None
+
+
+def catches_sigterm(pid: int) -> bool:
+  """Whether `pid` has a SIGTERM handler (its SigCgt mask in /proc/PID/status)."""
+  with open(f'/proc/{pid}/status') as f:
+    caught = int(next(line for line in f if line.startswith('SigCgt:')).split()[1], 16)
+  return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def wait_for(ready, deadline_s: float = 300):
+  deadline = time.time() + deadline_s
   while not ready():
-    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    assert time.time() < deadline, 'timed out'
     time.sleep(0.02)
-  stop(proc)
-  stdout, stderr = proc.communicate(timeout=300)
-  return proc.returncode, stdout, stderr
-
-
-def kill_cell(proc):
-  """SIGKILL to the sweep's running cell (its only child while a cell trains)."""
-  with open(f'/proc/{proc.pid}/task/{proc.pid}/children') as f:
-    (child,) = map(int, f.read().split())
-  os.kill(child, signal.SIGKILL)
 
 
 def mtimes(directory) -> dict[str, int]:
@@ -115,34 +144,49 @@ def mtimes(directory) -> dict[str, int]:
 
 @pytest.fixture(scope='module')
 def study(study_config, tiny_run, tmp_path_factory):
-  """(After `tiny_run`: its compiled programs are clip_b16_s0's.) The study, run three times: clip_b16_s0's train.py is killed (SIGKILL) once its first checkpoint is written
-  (the sweep goes on: siglip_b32_s0 trains, both are measured); the rerun is stopped (SIGTERM to the sweep) while
-  the cell resumes; the third run finishes it. Returns {'workdir', and per run 'killed' / 'stopped' / 'finished':
-  exit code, stdout, stderr, each cell's status in results.json, and what the cells' directories held}."""
+  """(After `tiny_run`: its compiled programs are clip_b16_s0's.) The study, run three times: in this process,
+  clip_b16_s0's train.py is killed (SIGKILL) once it wrote its config (the sweep goes on: siglip_b32_s0 trains,
+  both are measured); the command is stopped (SIGTERM to the sweep) while the cell trains again; in this
+  process, the third run finishes it. Returns {'workdir', and per run 'killed' / 'stopped' / 'finished': exit
+  code, stdout, stderr, each cell's status in results.json, and what the cells' directories held}."""
   workdir = str(tmp_path_factory.mktemp('study'))
   cells = os.path.join(workdir, 'cells')
   clip = os.path.join(cells, 'clip_b16_s0')
 
-  def observe(code, stdout, stderr):
+  def output():
     with open(os.path.join(clip, sweep.OUTPUT_FILE)) as f:
-      output = f.read()
-    return {'code': code, 'stdout': stdout, 'stderr': stderr, 'cell_output': output,
+      return f.read()
+
+  def observe(code, stdout, stderr):
+    return {'code': code, 'stdout': stdout, 'stderr': stderr, 'cell_output': output(),
             'status': {r['name']: r['status'] for r in read_json(os.path.join(workdir, 'results.json'))['cells']},
             'clip_finished': os.path.exists(os.path.join(clip, 'eval_results.json')),
             'clip_memory': mtimes(clip).get(os.path.join(clip, sweep.MEMORY_FILE)),
             'siglip_files': mtimes(os.path.join(cells, 'siglip_b32_s0'))}
 
-  def resuming():  # The summary, printed right before train.py's own signal handlers are set, then compiling.
-    with open(os.path.join(clip, sweep.OUTPUT_FILE)) as f:
-      return '(resuming from step 4)' in f.read()
+  def kill_once_configured():  # The sweep runs in this process, so the cell is this process's child.
+    wait_for(lambda: os.path.isfile(os.path.join(clip, config_lib.CONFIG_FILE)))
+    os.kill(cell_process(os.getpid(), clip), signal.SIGKILL)
 
   runs = {'workdir': workdir}
-  runs['killed'] = observe(*run_until(
-      study_config, workdir, lambda: os.path.isdir(os.path.join(clip, 'checkpoints', '4', 'state')), kill_cell))
-  runs['stopped'] = observe(*run_until(study_config, workdir, resuming,
-                                       lambda proc: proc.send_signal(signal.SIGTERM)))
-  proc = run_sweep(study_config, workdir)
-  runs['finished'] = observe(proc.returncode, proc.stdout, proc.stderr)
+  killer = threading.Thread(target=kill_once_configured, daemon=True)
+  killer.start()
+  runs['killed'] = observe(*sweep_here(study_config, workdir))
+  killer.join(timeout=10)
+
+  proc = run_sweep(study_config, workdir, wait=False)
+  before = len(output())
+
+  def training():  # Its summary printed (right before the step compiles) and train.py's SIGTERM handler set.
+    assert proc.poll() is None, proc.communicate()
+    cell = cell_process(proc.pid, clip)
+    return cell is not None and '(from scratch)' in output()[before:] and catches_sigterm(cell)
+
+  wait_for(training)
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=300)
+  runs['stopped'] = observe(proc.returncode, stdout, stderr)
+  runs['finished'] = observe(*sweep_here(study_config, workdir))
   return runs
 
 
@@ -308,7 +352,7 @@ def test_a_killed_or_stopped_cell_resumes_to_the_uninterrupted_numbers(study, st
   assert run_lib.flat(sweep.cell_config(cell)) == run_lib.flat(tiny.tiny_config(tiny_data_dir))
   killed, stopped, finished = study['killed'], study['stopped'], study['finished']
 
-  assert killed['code'] == 1, killed['stderr']  # The failed cell is recorded; the sweep goes on to its end.
+  assert killed['code'] == 1, killed['stdout']  # The failed cell is recorded; the sweep goes on to its end.
   assert 'FAILED (killed by SIGKILL' in killed['stdout']
   assert killed['status'] == {'clip_b16_s0': 'failed', 'siglip_b32_s0': 'done'}
   assert not killed['clip_finished'], 'killed too late: the cell had finished'
@@ -333,17 +377,20 @@ def test_a_killed_or_stopped_cell_resumes_to_the_uninterrupted_numbers(study, st
 
 
 def test_memory_only_equals_measuring_the_step_directly(study, sweep_config, tiny_data_dir, tmp_path):
-  """siglip_b32_s0 compiled on 8 simulated devices by a sweep whose own processes see one; the study trained the
-  same cell on the session's 8 devices and measured it, so every compilation here is a cache hit."""
+  """siglip_b32_s0 compiled on 8 simulated devices by a memory-only sweep (in this process, which has them: no
+  measuring process); the study trained the same cell on the session's 8 devices and measured it."""
   workdir = str(tmp_path)
-  proc = run_sweep(f'{sweep_config}:siglip', workdir, '--memory_only', '--config.memory_devices=8',
-                   '--config.axes.batch=(32,)', one_device=True)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  sc = tiny.override(sweep.load_config_file(f'{sweep_config}:siglip'), memory_only=True, memory_devices=8,
+                     **{'axes.batch': (32,)})
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert sweep.run_sweep(sc, sweep_config, workdir, []) == 0, out.getvalue()
   (record,) = read_json(os.path.join(workdir, 'results.json'))['cells']
   assert record['name'] == 'siglip_b32_s0' and record['status'] == 'compiled'
   assert os.listdir(os.path.join(workdir, 'cells', 'siglip_b32_s0')) == ['memory.json']  # Nothing trained.
-  # Directly: the cell's config by hand, with the vocabulary its BPE will have, on 8 of this process's devices.
-  config = tiny.override(tiny.tiny_config(tiny_data_dir), batch_size=32, total_steps=4,
+  # Directly: the cell's config by hand, with the vocabulary its BPE will have, on 8 of this process's devices
+  # (equal to the sweep's, so its jitted step is the one the sweep compiled: `vitclip.run._jitted`).
+  config = tiny.override(tiny.tiny_config(tiny_data_dir), batch_size=32, total_steps=4, ckpt_every=2,
                          **{'loss.kind': 'sigmoid', 'optim.lr': record['lr'], 'optim.warmup_steps': 1,
                             'evals.names': ('zeroshot',)})
   config.model.text.vocab_size = config.tokenizer.vocab_size
@@ -372,8 +419,9 @@ def test_benchmark_measures_through_the_library():
   from benchmarks import memory as bench  # pylint: disable=g-import-not-at-top
   loss = bench.measure_loss(64, 16, 8, 'sigmoid', 'ring')
   assert loss['program'] == 'loss' and loss['per_device_batch'] == 8 and loss['temp'] > 0
-  args = bench.parse_args(['--model', 'micro/8', '--text_variant', 'micro', '--image_size', '32', '--text_len',
-                           '12', '--vocab_size', '300', '--embed_dim', '32', '--batch', '16', '--devices', '1',
+  # The smallest towers (one layer each, one patch): the test is about the path, not the model.
+  args = bench.parse_args(['--model', 'mu/16', '--text_variant', 'mu', '--image_size', '16', '--text_len', '4',
+                           '--vocab_size', '64', '--embed_dim', '16', '--batch', '16', '--devices', '1',
                            '--remat', 'none'])
   step = bench.measure_step(args)
   assert step['program'] == 'train_step' and step['devices'] == 1 and step['batch'] == 16

@@ -25,8 +25,9 @@ and the sweep goes on; the sweep then exits with status 1. SIGTERM / SIGINT are 
 Per cell the sweep collects the final evaluation (eval_results.json), training samples/s and step time (the
 median over the logged intervals of metrics.jsonl after the first, which includes compilation: robust to the
 recompilation after a resume), the per-device peak memory of the compiled train step (XLA's memory analysis,
-`vitclip.memory`, in a subprocess: simulated devices must be set before jax starts; in the sweep's own process
-when the cells run on CPU on the devices it has) and the config diff from the base. DIR receives results.json,
+`vitclip.memory`, in the sweep's own process when it has the devices to measure on: the cells run on CPU on its
+devices, or it runs on CPU with at least memory_devices simulated devices; else in a subprocess, as simulated
+devices must be set before jax starts) and the config diff from the base. DIR receives results.json,
 results.csv, report.md (a table per metric: method × batch, seeds averaged) and PNG plots against batch on a
 log-2 axis. In memory-only mode (`memory_only` / --memory_only) each cell's train
 step is compiled at its real scale on `memory_devices` simulated devices, without data or tokenizer, and nothing
@@ -420,13 +421,21 @@ def measure_into(config, devices: int, directory: str, name: str) -> str:
 
 
 def measure_memory(argv: list[str], cells: list[Cell], workdir: str, devices: int):
-  """Measures `cells` (their MEMORY_FILEs) on `devices` devices (0: a run's own): in this process when the cells
-  run on CPU on the devices it has (the compiled step is the one they run; no second jax and model stack to
-  start), else in a fresh process (`memory_subprocess`)."""
-  if devices == 0 and os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+  """Measures `cells` (their MEMORY_FILEs) on `devices` devices (0: a run's own): in this process when it has
+  them (`measures_here`: no second jax and model stack to start), else in a fresh process (`memory_subprocess`)."""
+  if measures_here(devices):
     measure_cells(cells, workdir, devices)
   else:
     memory_subprocess(argv, cells, workdir, devices)
+
+
+def measures_here(devices: int) -> bool:
+  """Whether this process has the devices to measure on: the cells run on CPU on the devices it has (0; the
+  compiled step is the one they run), or it runs jax on CPU only with at least `devices` devices (simulated ones,
+  as XLA_FLAGS set them when it started)."""
+  if devices == 0:
+    return os.environ.get('JAX_PLATFORMS', '') == 'cpu'
+  return jax.config.jax_platforms == 'cpu' and jax.device_count() >= devices
 
 
 def memory_subprocess(argv: list[str], cells: list[Cell], workdir: str, devices: int):
