@@ -46,12 +46,13 @@ def test_finetune_config_names_its_mistakes(tiny_run):
 
 def test_finetune_from_a_workdir_trains_only_the_chosen_tower(tiny_run, tiny_data_dir, tmp_path):
   source, _ = tiny_run
-  config = finetune.get_config(f'{source},shapes,feature=color,steps=4,warmup=1,batch=16,towers=img,lr=1e-3')
+  # The fine-tuning of tests/test_transfer.py's and tests/test_curriculum.py's runs: one train-step program.
+  config = finetune.get_config(f'{source},shapes,feature=color,steps=2,warmup=0,batch=16,towers=img,lr=1e-3')
   # DIR's prompts for colour (shapes' templates_for), for training captions and the zero-shot metric.
   from configs import shapes as shapes_config
   colour_prompts = shapes_config.get_config().evals.zeroshot.templates_for.shapes_color
   assert config.data.caption_templates == config.evals.zeroshot.templates == colour_prompts
-  override(config, **{'data.data_dir': tiny_data_dir, 'evals.batch_size': 32, 'ckpt_every': 4})
+  override(config, **{'data.data_dir': tiny_data_dir, 'evals.batch_size': 32, 'ckpt_every': 2})
   results = trainer.train(config, str(tmp_path))
   assert 0.0 <= results['zeroshot/shapes_color/top1'] <= 1.0
   run = run_lib.build(config, str(tmp_path), train=False)
@@ -126,9 +127,9 @@ def test_classifier_loss_is_cross_entropy_of_the_head_on_normalised_embeddings(t
 def test_classifier_finetuning_starts_at_zero_shot_and_trains_only_image_tower_and_head(
     tiny_run, tiny_data_dir, tmp_path):
   source, _ = tiny_run
-  arg = f'{source},shapes,method=classifier,feature=color,steps=4,warmup=1,batch=16,lr=1e-3,layer_decay=0.7'
+  arg = f'{source},shapes,method=classifier,feature=color,steps=2,warmup=0,batch=16,lr=1e-3,layer_decay=0.7'
   config = finetune.get_config(arg)
-  override(config, **{'data.data_dir': tiny_data_dir, 'evals.batch_size': 32, 'ckpt_every': 4})
+  override(config, **{'data.data_dir': tiny_data_dir, 'evals.batch_size': 32, 'ckpt_every': 2})
   workdir = str(tmp_path / 'classifier')
   results = trainer.train(config, workdir)
   # WiSE-FT alpha = 0 is the zero-shot model: the same accuracy as zero-shot classification of the source model

@@ -2,9 +2,13 @@
 reports the numbers those runs wrote; a rerun runs nothing again; mistakes stop it before anything runs.
 
 One transfer (a tiny model directory with initial weights, by colour, the probe and 2 steps of contrastive
-fine-tuning) runs once for the module. The classifier protocol is a train.py run like the contrastive one: its
-command is checked, and its report columns on results written by hand (running it would add as much time as the
-contrastive run, the larger part of this file's).
+fine-tuning) runs once for the module, its driver in this process (`run_transfer`, as `main` calls it; the protocols
+are its eval.py / train.py subprocesses, and the fine-tuning run's memory is measured in this process, as on any CPU
+run). The fine-tuning settings are those of tests/test_finetune.py's and tests/test_curriculum.py's contrastive runs
+(2 steps of 16 of the image tower, lr 1e-3, no warmup): one train-step program, which the session's compilation
+cache compiles once for the three. The command line itself runs in a subprocess where it stops at a mistake. The
+classifier protocol is a train.py run like the contrastive one: its command is checked, and its report columns on
+results written by hand (running it would add as much time as the contrastive run, the larger part of this file's).
 """
 
 import csv
@@ -33,8 +37,9 @@ def get_config(arg=None):
   c.protocols = ('probe', 'contrastive')
   c.probe.shots, c.probe.draws = (16,), 2
   c.probe.overrides = transfer_shapes.dotted({'evals.linear_probe.l2_grid': (0.01,)})
-  c.contrastive.update(steps=2, batch=16, warmup=0, lr=1e-3)
-  c.contrastive.overrides = transfer_shapes.dotted({'ckpt_every': 2})  # One checkpoint, at the end.
+  # tests/test_finetune.py's and tests/test_curriculum.py's fine-tuning: the same train step and evaluators.
+  c.contrastive.update(steps=2, batch=16, warmup=0, lr=1e-3, towers='img')
+  c.contrastive.overrides = transfer_shapes.dotted({'ckpt_every': 2, 'evals.batch_size': 32})  # One checkpoint.
   c.classifier.update(steps=2, batch=16, warmup=0, lr=1e-3)
   return c
 '''
@@ -59,21 +64,22 @@ def transfer_config(tmp_path_factory):
 
 
 def run_transfer(config: str, workdir: str, *args: str):
-  """`python -m vitclip.transfer` with its commands on one CPU device (as tests/test_sweep.py runs a sweep)."""
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
-  env = dict(os.environ, XLA_FLAGS=' '.join(flags + ['--xla_force_host_platform_device_count=1']))
+  """`python -m vitclip.transfer` (the command line: flags, the config file, exit status and error output)."""
   cmd = [sys.executable, '-m', 'vitclip.transfer', '--config', config, '--workdir', workdir, *args]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope='module')
 def study(transfer_config, model_dir, tmp_path_factory):
-  """(workdir, the transfer's arguments) of the module's transfer run."""
+  """(workdir, the transfer's arguments) of the module's transfer: `main`'s call of the driver in this process,
+  whose eval.py / train.py commands see this process's devices (the measured memory is of their train step)."""
   workdir = str(tmp_path_factory.mktemp('transfer'))
   models = f'--config.models=tiny={model_dir}'
-  proc = run_transfer(transfer_config, workdir, models)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return workdir, ['--config', transfer_config, '--workdir', workdir, models]
+  args = ['--config', transfer_config, '--workdir', workdir, models]
+  code = transfer.run_transfer(load(transfer_config, models=f'tiny={model_dir}'), transfer_config, workdir, args)
+  with open(os.path.join(workdir, 'report.md')) as f:
+    assert code == 0, f.read()  # Its Problems section: each failed command's exit code and last lines.
+  return workdir, args
 
 
 def load(config: str, **fields):

@@ -26,8 +26,8 @@ that fails is recorded (exit code, last lines) and the others still run (exit st
 SIGINT reach the running command and no further one starts.
 
 Per fine-tuning run the report adds the batch, training samples/s (metrics.jsonl, after the first interval) and
-the per-device peak memory of its compiled train step (XLA's memory analysis, measured in a fresh process as
-vitclip.sweep measures its cells). OUT receives results.json, results.csv (a row per model × feature), report.md
+the per-device peak memory of its compiled train step (XLA's memory analysis; measured as vitclip.sweep measures
+its cells: in the transfer's own process when the runs train on its CPU devices, else in a fresh process). OUT receives results.json, results.csv (a row per model × feature), report.md
 (accuracy table, k-shot and WiSE-FT tables, fine-tuning cost, the commands) and transfer.png.
 """
 
@@ -312,12 +312,23 @@ def run_jobs(jobs: list[Job], workdir: str, signals: sweep.ForwardSignals):
 
 
 def measure(jobs: list[Job], workdir: str, devices: int):
-  """(In a fresh process: see `memory_subprocess`.) Compiles each fine-tuning run's train step and writes its
-  MEMORY_FILE, as vitclip.sweep.measure_cells does for a cell (the same record, so sweep.needs_memory reads it)."""
+  """(In a process with the devices to measure on: see `measure_memory`.) Compiles each fine-tuning run's train
+  step and writes its MEMORY_FILE, as vitclip.sweep.measure_cells does for a cell (the same record, so
+  sweep.needs_memory reads it)."""
   for job in jobs:
     directory = job_dir(workdir, job)
     line = sweep.measure_into(sweep.memory_config(job, directory), devices, directory, job.name)
     print(f'memory {job.name:<32s} {line}', flush=True)
+
+
+def measure_memory(argv: list[str], jobs: list[Job], workdir: str, devices: int):
+  """Measures `jobs` (their MEMORY_FILEs) on `devices` devices (0: a run's own): in this process when the runs
+  train on CPU on the devices it has (the compiled step is the one they run; no second jax and model stack to
+  start), else in a fresh process (`memory_subprocess`), as vitclip.sweep.measure_memory does."""
+  if devices == 0 and os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+    measure(jobs, workdir, devices)
+  else:
+    memory_subprocess(argv, jobs, workdir, devices)
 
 
 def memory_subprocess(argv: list[str], jobs: list[Job], workdir: str, devices: int):
@@ -351,9 +362,9 @@ def run_transfer(tc, where: str, workdir: str, argv: list[str], *, print_command
   with sweep.ForwardSignals() as signals:
     run_jobs(jobs, workdir, signals)
   if not signals.signum:
-    memory_subprocess(argv, [j for j in jobs if j.protocol in FINE_TUNING and os.path.isdir(job_dir(workdir, j))
-                             and sweep.needs_memory(j, job_dir(workdir, j), tc.memory_devices)],
-                      workdir, tc.memory_devices)
+    measure_memory(argv, [j for j in jobs if j.protocol in FINE_TUNING and os.path.isdir(job_dir(workdir, j))
+                          and sweep.needs_memory(j, job_dir(workdir, j), tc.memory_devices)],
+                   workdir, tc.memory_devices)
   records = [collect(j, workdir) for j in jobs]
   print(write_report(records, tc, invocation, workdir), flush=True)
   if signals.signum:
