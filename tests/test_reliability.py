@@ -143,9 +143,12 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(data_dir, reference, tmp_
 
 
 def test_truncated_latest_checkpoint_falls_back_and_other_logging_is_allowed(data_dir, reference, tmp_path, capsys):
-  """A copy of the finished tiny run whose latest checkpoint (8) is truncated, rerun with other logging settings:
-  the settings change is allowed and recorded, checkpoint 8 is set aside, the run resumes from 4, redoes 5-8 and
-  ends where the uninterrupted run did."""
+  """A copy of the finished tiny run whose latest checkpoint (8) is truncated and whose recorded config logs
+  otherwise, rerun: the settings change is allowed and recorded, checkpoint 8 is set aside, the run resumes from 4,
+  redoes 5-8 and ends where the uninterrupted run did.
+
+  The logging settings are changed in the copy's config.json rather than in the rerun's config: the rerun is then
+  the tiny config itself, whose train step the session has traced already (another config traces it again)."""
   ref_dir, ref_results = reference
   workdir = copy_of(ref_dir, str(tmp_path / 'corrupt'))
   # The array data of the checkpoint: orbax's merged OCDBT store keeps it in state/d/ (the per-process stores
@@ -154,8 +157,12 @@ def test_truncated_latest_checkpoint_falls_back_and_other_logging_is_allowed(dat
   biggest = max((os.path.join(data_dir_, f) for f in os.listdir(data_dir_)), key=os.path.getsize)
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  # Resumes from step 4, redoes 5-8 (logging every 2nd step, so step 8 is logged).
-  results = trainer.train(config(data_dir, log_every=2, keep_ckpts=5), workdir)
+  config_path = os.path.join(workdir, config_lib.CONFIG_FILE)
+  with open(config_path) as f:
+    recorded = json.load(f)
+  with open(config_path, 'w') as f:
+    json.dump({**recorded, 'log_every': 2, 'keep_ckpts': 5}, f)
+  results = trainer.train(config(data_dir), workdir)  # Resumes from step 4, redoes 5-8.
   err = capsys.readouterr().err
   assert f'checkpoint {STEPS} of' in err and 'is unusable' in err and 'previous checkpoint is used' in err
   assert os.path.isdir(os.path.join(workdir, checkpoint_lib.UNUSABLE, str(STEPS)))  # Kept for inspection.
@@ -163,33 +170,42 @@ def test_truncated_latest_checkpoint_falls_back_and_other_logging_is_allowed(dat
   np.testing.assert_allclose(read_losses(workdir)[STEPS], read_losses(ref_dir)[STEPS], rtol=1e-5)
   with open(os.path.join(workdir, 'config_changes.jsonl')) as f:
     change = json.loads(f.readline())
-  assert change == {'keep_ckpts': [3, 5], 'log_every': [1, 2]}
-  with open(os.path.join(workdir, config_lib.CONFIG_FILE)) as f:
-    assert json.load(f)['log_every'] == 2
+  assert change == {'keep_ckpts': [5, 3], 'log_every': [2, 1]}
+  with open(config_path) as f:
+    assert json.load(f)['log_every'] == 1
 
 
-def test_non_finite_checkpoint_is_not_restored(built, good_state, tmp_path):
-  good = good_state
-  bad = good.replace(params=jax.tree.map(lambda x: x * np.nan, good.params))
-  target = checkpoint_lib.Checkpointer(str(tmp_path / 'nan'))
-  target.save(1, good, force=True)
-  target.save(2, bad, force=True)
+@pytest.fixture(scope='module')
+def nan_checkpoint(good_state, tmp_path_factory):
+  """checkpoints/8 of the tiny run with non-finite params: the tiny run's last state times NaN, saved once for the
+  module (the tests copy it)."""
+  workdir = str(tmp_path_factory.mktemp('nan'))
+  target = checkpoint_lib.Checkpointer(workdir)
+  target.save(STEPS, good_state.replace(params=jax.tree.map(lambda x: x * np.nan, good_state.params)), force=True)
   target.wait()
-  restored = checkpoint_lib.Checkpointer(str(tmp_path / 'nan')).restore(built.abstract_state)
-  assert int(restored.step) == int(good.step)
-  assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'nan')) == [1]
+  target.close()
+  return os.path.join(workdir, 'checkpoints', str(STEPS))
 
 
-def test_when_no_checkpoint_restores_nothing_is_moved(built, good_state, tmp_path):
+def test_non_finite_checkpoint_is_not_restored(built, reference, nan_checkpoint, tmp_path):
+  """A copy of the tiny run whose latest checkpoint (8) holds non-finite params resumes from checkpoint 4."""
+  workdir = copy_of(reference[0], str(tmp_path / 'nan'))
+  latest = os.path.join(workdir, 'checkpoints', str(STEPS))
+  shutil.rmtree(latest)
+  shutil.copytree(nan_checkpoint, latest)
+  restored = checkpoint_lib.Checkpointer(workdir).restore(built.abstract_state)
+  assert int(restored.step) == 4
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [4]
+
+
+def test_when_no_checkpoint_restores_nothing_is_moved(built, nan_checkpoint, tmp_path):
   """Every checkpoint failing (here: all non-finite; in practice, code that no longer matches them) is one
   ConfigError, and the checkpoints stay where they are."""
-  good = good_state
-  target = checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad'))
-  target.save(2, good.replace(params=jax.tree.map(lambda x: x * np.nan, good.params)), force=True)
-  target.wait()
-  with pytest.raises(ConfigError, match='step 2: ValueError: it holds non-finite values.*nothing was moved'):
-    checkpoint_lib.Checkpointer(str(tmp_path / 'all_bad')).restore(built.abstract_state)
-  assert checkpoint_lib.Checkpointer.steps_in(str(tmp_path / 'all_bad')) == [2]
+  workdir = str(tmp_path / 'all_bad')
+  shutil.copytree(nan_checkpoint, os.path.join(workdir, 'checkpoints', str(STEPS)))
+  with pytest.raises(ConfigError, match=f'step {STEPS}: ValueError: it holds non-finite values.*nothing was moved'):
+    checkpoint_lib.Checkpointer(workdir).restore(built.abstract_state)
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [STEPS]
 
 
 def test_disk_full_during_a_save_is_one_clear_error(data_dir, tmp_path, monkeypatch):
