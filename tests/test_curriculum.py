@@ -99,11 +99,12 @@ def read_json(path):
 
 @pytest.fixture(scope='module')
 def curriculum_run(tiny_run, tmp_path_factory):
-  """(settings, workdir, the tiny run's final evaluation) of one round: K=3 from the tiny run, 2 steps of 16."""
+  """(settings, workdir, the tiny run's final evaluation) of one round: K=3 from the tiny run, 2 steps of 16 of the
+  image tower (tests/test_finetune.py's and tests/test_transfer.py's fine-tuning: one train-step program)."""
   model, evaluation = tiny_run
   workdir = str(tmp_path_factory.mktemp('curriculum'))
   cc = settings(model=model, feature='label', rounds=1, k_first=3, steps=2, batch=16, warmup=0, lr=1e-3,
-                overrides=curriculum_shapes.dotted({'ckpt_every': 2, 'evals.batch_size': 32}))
+                towers='img', overrides=curriculum_shapes.dotted({'ckpt_every': 2, 'evals.batch_size': 32}))
   assert curriculum.run_curriculum(cc, 'c.py', workdir, ['--config', 'c.py']) == 0
   return cc, workdir, evaluation
 
@@ -164,7 +165,7 @@ def test_rerun_runs_nothing_again(curriculum_run, monkeypatch):
 
 def test_classifier_rounds_also_score_zero_shot(curriculum_run, capsys):
   cc, workdir, _ = curriculum_run
-  cc = settings(**{**cc.to_dict(), 'method': 'classifier', 'rounds': 2, 'overrides': cc.overrides})
+  cc = settings(**{**cc.to_dict(), 'method': 'classifier', 'rounds': 2, 'towers': '', 'overrides': cc.overrides})
   assert curriculum.run_curriculum(cc, 'c.py', workdir, [], print_commands=True) == 0
   first, second = capsys.readouterr().out.strip().splitlines()[-2:]
   assert f'configs/finetune.py:{cc.model},curriculum_r1,method=classifier,steps=2' in first
