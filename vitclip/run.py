@@ -100,7 +100,8 @@ def assemble(config, workdir: str, mesh, tokenizer: Tokenizer | None) -> Run:
   model = build_model(config.model)
   abstract_params = jax.eval_shape(lambda r: init_run_params(model, config, r), jax.random.key(0))
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps, abstract_params)
-  abstract = jax.eval_shape(lambda r: _init_state(model, config, tx, r), jax.random.key(0))
+  # The params' shapes are traced once: the rest of the state is traced from them.
+  abstract = jax.eval_shape(lambda p, r: _state_of(config, tx, p, r), abstract_params, jax.random.key(0))
   rule, min_size = config.sharding.params, config.sharding.fsdp_min_size
   shardings = TrainState(
       step=sharding.replicated(mesh), rng=sharding.replicated(mesh),
@@ -295,8 +296,12 @@ def init_run_params(model, config, rng):
 
 def _init_state(model, config, tx, rng) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
-  params = init_run_params(model, config, init_rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng,
+  return _state_of(config, tx, init_run_params(model, config, init_rng), state_rng)
+
+
+def _state_of(config, tx, params, rng) -> TrainState:
+  """The fresh state around freshly initialised `params`."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
                     ema=params['img'] if config.aclip.enabled else None)
 
 
