@@ -9,8 +9,8 @@ runs once for the module, interrupted on the way: clip_b16_s0's train.py is kill
 cell trains, the third run finishes it. That cell is tests/tiny.py as it is (the grid's derived settings equal its
 own), run on the session's 8 devices: the conftest's uninterrupted `tiny_run` of the same config is its reference,
 and its programs are already in the session's compilation cache. Each train.py or sweep process costs seconds, so
-the module starts few: the cell is killed early (once it wrote its config), and only the stopped run, which is
-about the sweep command's signal handling, is a sweep process; the other two run the same `run_sweep` here.
+the module starts few: the cell is killed as it starts, and only the stopped run, which is about the sweep
+command's signal handling, is a sweep process; the other two run the same `run_sweep` here.
 """
 
 import contextlib
@@ -145,8 +145,8 @@ def mtimes(directory) -> dict[str, int]:
 @pytest.fixture(scope='module')
 def study(study_config, tiny_run, tmp_path_factory):
   """(After `tiny_run`: its compiled programs are clip_b16_s0's.) The study, run three times: in this process,
-  clip_b16_s0's train.py is killed (SIGKILL) once it wrote its config (the sweep goes on: siglip_b32_s0 trains,
-  both are measured); the command is stopped (SIGTERM to the sweep) while the cell trains again; in this
+  clip_b16_s0's train.py is killed (SIGKILL) as it starts (the sweep goes on: siglip_b32_s0 trains, both are
+  measured); the command is stopped (SIGTERM to the sweep) while the cell trains again; in this
   process, the third run finishes it. Returns {'workdir', and per run 'killed' / 'stopped' / 'finished': exit
   code, stdout, stderr, each cell's status in results.json, and what the cells' directories held}."""
   workdir = str(tmp_path_factory.mktemp('study'))
@@ -161,15 +161,16 @@ def study(study_config, tiny_run, tmp_path_factory):
     return {'code': code, 'stdout': stdout, 'stderr': stderr, 'cell_output': output(),
             'status': {r['name']: r['status'] for r in read_json(os.path.join(workdir, 'results.json'))['cells']},
             'clip_finished': os.path.exists(os.path.join(clip, 'eval_results.json')),
+            'clip_configured': os.path.exists(os.path.join(clip, config_lib.CONFIG_FILE)),
             'clip_memory': mtimes(clip).get(os.path.join(clip, sweep.MEMORY_FILE)),
             'siglip_files': mtimes(os.path.join(cells, 'siglip_b32_s0'))}
 
-  def kill_once_configured():  # The sweep runs in this process, so the cell is this process's child.
-    wait_for(lambda: os.path.isfile(os.path.join(clip, config_lib.CONFIG_FILE)))
+  def kill_once_started():  # The sweep runs in this process, so the cell is this process's child.
+    wait_for(lambda: cell_process(os.getpid(), clip) is not None)
     os.kill(cell_process(os.getpid(), clip), signal.SIGKILL)
 
   runs = {'workdir': workdir}
-  killer = threading.Thread(target=kill_once_configured, daemon=True)
+  killer = threading.Thread(target=kill_once_started, daemon=True)
   killer.start()
   runs['killed'] = observe(*sweep_here(study_config, workdir))
   killer.join(timeout=10)
@@ -356,20 +357,22 @@ def test_a_killed_or_stopped_cell_resumes_to_the_uninterrupted_numbers(study, st
   assert 'FAILED (killed by SIGKILL' in killed['stdout']
   assert killed['status'] == {'clip_b16_s0': 'failed', 'siglip_b32_s0': 'done'}
   assert not killed['clip_finished'], 'killed too late: the cell had finished'
-  assert killed['clip_memory']  # Measured with the other cell: the run wrote its config before it was killed.
+  # Measured with the other cell, on the config the run was to write (it was killed before it wrote one).
+  assert killed['clip_memory'] and not killed['clip_configured']
 
   assert stopped['code'] == 128 + signal.SIGTERM, stopped['stderr']
   assert 'Stopped by SIGTERM' in stopped['stderr'] and stopped['status']['clip_b16_s0'] == 'stopped'
   assert 'Stopped by SIGTERM after step' in stopped['cell_output']  # The cell got the signal, wrote a checkpoint.
   assert not stopped['clip_finished']
 
-  assert finished['code'] == 0, finished['stderr'][-3000:]
+  assert finished['code'] == 0, finished['stdout'][-3000:]
   assert finished['status'] == {'clip_b16_s0': 'done', 'siglip_b32_s0': 'done'}
   reference, reference_results = tiny_run
   clip = os.path.join(study['workdir'], 'cells', 'clip_b16_s0')
   assert losses(clip) == losses(reference)
   assert read_json(os.path.join(clip, 'eval_results.json')) == reference_results
-  # The resumed runs ran the same config: its memory measurement stood, nothing measured it again.
+  # The later runs wrote the config it was measured on (as predicted): the measurement stood, nothing measured
+  # it again.
   assert finished['clip_memory'] == killed['clip_memory'] and 'per device on' not in finished['stdout']
 
 

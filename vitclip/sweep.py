@@ -371,11 +371,13 @@ def device_count(env) -> int:
 
 def memory_config(cell: Cell, workdir: str):
   """What a cell's memory is measured on: the config the run wrote (config.json: its exact vocabulary), else the
-  cell's config with the vocabulary the run will have (a BPE it trains has tokenizer.vocab_size tokens)."""
+  cell's config as the run will write it: resolved, with the vocabulary the run will have (a BPE it trains has
+  tokenizer.vocab_size tokens). So a measurement made before the run wrote its config (memory-only, or a run
+  that failed early) stands once it has, unless the run's config turned out different."""
   path = os.path.join(workdir, config_lib.CONFIG_FILE)
   if os.path.isfile(path):
     return config_lib.from_json(path, load_config_file(cell.base))
-  config = cell_config(cell)
+  config = config_lib.resolve(cell_config(cell))
   if not config.tokenizer.path:
     config.model.text.vocab_size = config.tokenizer.vocab_size
   return config
