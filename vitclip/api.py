@@ -25,7 +25,7 @@ from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import sharding
 from vitclip.data import pipeline
-from vitclip.models import TwoTower, build_model, init_params
+from vitclip.models import TwoTower, abstract_params, build_model
 from vitclip.tokenizer import Tokenizer
 
 
@@ -47,7 +47,7 @@ def load(directory: str, *, devices=None) -> tuple[TwoTower, dict, Tokenizer, Ca
   model = build_model(config.model)
   tokenizer = Tokenizer.from_file(config.tokenizer.path, model.txt.max_len)
   mesh = Mesh(np.asarray(devices or jax.local_devices()), ('data',))
-  abstract = jax.eval_shape(lambda r: init_params(model, r), jax.random.key(0))
+  abstract = abstract_params(model)
   target = checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: sharding.replicated(mesh),
                                                                          abstract))
   params = checkpoint_lib.restore_params(directory, target, fix=f'{model_dir}/config.json does not describe '

@@ -108,7 +108,7 @@ def _check_model(config, problems: list):
   if bad or problems:
     return
   try:  # Shapes only: catches any other field a module rejects, in a second and before any data is touched.
-    jax.eval_shape(lambda r: models.init_params(models.build_model(config.model), r), jax.random.key(0))
+    models.abstract_params(models.build_model(config.model))
   except (ValueError, TypeError, KeyError) as e:
     problems.append(f'config.model: {e}')
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import config as config_lib
 from vitclip import sharding
-from vitclip.models import build_model, init_params
+from vitclip.models import abstract_params, build_model
 from vitclip.models.vit import resample_posemb
 from vitclip.optim import path_str
 
@@ -71,7 +71,7 @@ def plan_for(cfg, target, mesh, towers: tuple[str, ...] | None = None) -> Plan:
         f'(it has {sorted(target)}; "b" exists with loss.kind=sigmoid or model.b_init set). Drop them.')
 
   src_model = build_model(source.model)
-  src_params = jax.eval_shape(lambda r: init_params(src_model, r), jax.random.key(0))
+  src_params = abstract_params(src_model)
   src = {n: src_params[n] for n in towers if n in src_params}
   step_dir = checkpoint_lib.step_dir(cfg.init_from)
   config_file = os.path.join(os.path.abspath(cfg.init_from), config_lib.CONFIG_FILE)

@@ -29,7 +29,7 @@ from vitclip import config as config_lib
 from vitclip import aclip, classifier, evaluators, init_from, optim, sharding
 from vitclip.data import generated, sources
 from vitclip.errors import ConfigError, MissingFileError
-from vitclip.models import build_model, init_params
+from vitclip.models import abstract_params, build_model, init_params
 from vitclip.tokenizer import Tokenizer, train_bpe
 from vitclip.train_step import TrainState, make_train_step
 
@@ -98,10 +98,10 @@ def assemble(config, workdir: str, mesh, tokenizer: Tokenizer | None) -> Run:
   """Model, optimizer and sharded abstract state for a final config (no data access)."""
   config.lock()
   model = build_model(config.model)
-  abstract_params = jax.eval_shape(lambda r: init_run_params(model, config, r), jax.random.key(0))
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, abstract_params)
-  # The params' shapes are traced once: the rest of the state is traced from them.
-  abstract = jax.eval_shape(lambda p, r: _state_of(config, tx, p, r), abstract_params, jax.random.key(0))
+  run_params = jax.eval_shape(lambda p, r: _with_run_heads(config, p, r), abstract_params(model), jax.random.key(0))
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps, run_params)
+  # The model's init is traced once per model in a process; the rest of the state is traced from its shapes.
+  abstract = jax.eval_shape(lambda p, r: _state_of(config, tx, p, r), run_params, jax.random.key(0))
   rule, min_size = config.sharding.params, config.sharding.fsdp_min_size
   shardings = TrainState(
       step=sharding.replicated(mesh), rng=sharding.replicated(mesh),
@@ -286,7 +286,11 @@ def _barrier(name: str):
 
 def init_run_params(model, config, rng):
   """The trained params of a fresh run: the model's, plus A-CLIP's heads under 'aclip' when enabled."""
-  params = init_params(model, rng)  # The same model init whatever else the run trains.
+  return _with_run_heads(config, init_params(model, rng), rng)  # The same model init whatever else trains.
+
+
+def _with_run_heads(config, params, rng):
+  """The model's `params` plus the heads this run trains besides the model (A-CLIP's, the classifier's)."""
   if config.aclip.enabled:
     params = {**params, 'aclip': aclip.init_heads(config, jax.random.fold_in(rng, 1))}
   if config.classifier.enabled:  # Zero until create_state sets the zero-shot head.

@@ -1,5 +1,6 @@
 """Flax models: ViT image tower, text transformer, and the contrastive two-tower model built from a config."""
 
+import functools
 import math
 
 import jax
@@ -11,7 +12,7 @@ from vitclip.models.variants import VARIANTS, decode_variant
 from vitclip.models.vit import VisionTransformer
 
 __all__ = ['TextTransformer', 'TwoTower', 'VARIANTS', 'VisionTransformer', 'build_model', 'clamp_logit_scale',
-           'count_params', 'decode_variant', 'init_params', 'l2_normalize', 'logit_params']
+           'abstract_params', 'count_params', 'decode_variant', 'init_params', 'l2_normalize', 'logit_params']
 
 # config.model fields that both towers take.
 _SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan', 'attention_chunk')
@@ -37,6 +38,17 @@ def init_params(model: TwoTower, rng):
   under `jax.eval_shape` for shapes only, or `jax.jit(..., out_shardings=...)` to create them sharded)."""
   size, length = model.img.image_size, model.txt.max_len
   return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), jnp.zeros((1, length), jnp.int32))['params']
+
+
+def abstract_params(model: TwoTower):
+  """The ShapeDtypeStructs of `init_params(model, rng)`. Traced once per equal model in a process (config
+  validation, the run's abstract state, init_from and the API each need them); a fresh tree on every call."""
+  return jax.tree.map(lambda x: x, _abstract_params(model))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(model: TwoTower):
+  return jax.eval_shape(lambda r: init_params(model, r), jax.random.key(0))
 
 
 def _plain(value):
