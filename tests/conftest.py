@@ -52,17 +52,40 @@ def pytest_collection_modifyitems(items):
   items[:] = [item for _, _, item in sorted((rank(item), i, item) for i, item in enumerate(items))]
 
 
+def _session_dir(tmp_path_factory, name: str):
+  """A directory of this pytest session shared by all its xdist workers (each worker's own base temp directory
+  is a child of the session's)."""
+  base = tmp_path_factory.getbasetemp()
+  path = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / name
+  path.mkdir(exist_ok=True)
+  return path
+
+
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
-  """One generated tiny shapes data set for every test that trains (tests/tiny.py)."""
-  return str(tmp_path_factory.mktemp('tfds'))
+  """One data directory for every test that trains (tests/tiny.py), shared by the workers: vitclip builds each
+  generated data set in it once, under a file lock (vitclip/data/shapes.py)."""
+  return str(_session_dir(tmp_path_factory, 'tfds'))
 
 
 @pytest.fixture(scope='session')
 def tiny_run(tiny_data_dir, tmp_path_factory):
   """(workdir, final evaluation) of one uninterrupted tiny run: 8 steps, checkpoints at 4 and 8. Tests that
-  interrupt, corrupt or resume a run compare against it; tests must not modify this workdir (copy it)."""
+  interrupt, corrupt or resume a run compare against it; tests must not modify this workdir (copy it).
+
+  Trained once per session: the first worker to ask trains it under a file lock, the others wait and read it."""
+  import fcntl
+  import json
+  import shutil
   from tests.tiny import tiny_config
   from vitclip import trainer
-  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  return workdir, trainer.train(tiny_config(tiny_data_dir), workdir)
+  root = _session_dir(tmp_path_factory, 'uninterrupted')
+  workdir, results = root / 'workdir', root / 'eval_results.json'
+  with open(root / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes, also if the worker dies.
+    if not results.exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # What a worker that died while training left.
+      evaluation = trainer.train(tiny_config(tiny_data_dir), str(workdir))
+      (root / 'eval_results.json.tmp').write_text(json.dumps(evaluation))
+      os.replace(root / 'eval_results.json.tmp', results)
+    return str(workdir), json.loads(results.read_text())
