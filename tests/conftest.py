@@ -33,10 +33,12 @@ import pytest  # noqa: E402  (after the environment above is set)
 
 # The slowest modules, slowest first (from `--durations`). pytest-xdist (`--dist loadfile`) hands whole modules to
 # whichever worker is free, in collection order; started last, one of these would keep one worker busy long after
-# the other has finished. Every other module follows in its usual order.
-SLOWEST_MODULES = ('test_sweep.py', 'test_multihost.py', 'test_transfer.py', 'test_masking.py', 'test_sharding.py',
-                   'test_reliability.py', 'test_finetune.py', 'test_convert.py', 'test_models.py',
-                   'test_init_from.py', 'test_flops.py', 'test_curriculum.py')
+# the other has finished. The first two go to different workers at once, so the second is one that does not wait
+# for the session's `tiny_run` (the first trains it). Every other module follows in its usual order.
+SLOWEST_MODULES = ('test_multihost.py', 'test_sharding.py', 'test_sweep.py', 'test_masking.py', 'test_transfer.py',
+                   'test_finetune.py', 'test_convert.py', 'test_init_from.py', 'test_segmentation.py',
+                   'test_reliability.py', 'test_flops.py', 'test_models.py', 'test_evaluators.py',
+                   'test_end_to_end.py', 'test_curriculum.py')
 
 
 def pytest_configure(config):
