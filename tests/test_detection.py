@@ -111,7 +111,8 @@ def test_detection_matches_reference_and_writes_overlays(setup):
       assert results[f'{key}/ar@{n}'] == pytest.approx(boxes.average_recall(ranked, [g for g, _ in gts], n))
     assert results[f'{key}/proposals_per_image'] == pytest.approx(np.mean([len(r) for r in ranked]))
     assert results[f'{key}/detections_per_image'] == pytest.approx(np.mean([len(d[0]) for d in dets]))
-  assert results['detection/shapes/grid/proposals_per_image'] == 5 * 5 + 2 * 2  # Starts 0, 6, 12, 18, 20 (12 px); 0, 8 (24 px).
+  # Box starts 0, 6, 12, 18, 20 (12 px boxes); 0, 8 (24 px).
+  assert results['detection/shapes/grid/proposals_per_image'] == 5 * 5 + 2 * 2
   for key, value in results.items():
     assert np.isnan(value) or (0 <= value <= 1 if 'per_image' not in key else value >= 0), key
   assert 0 <= results['detection/shapes/merge/ar@10'] <= 1

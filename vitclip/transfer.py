@@ -27,8 +27,9 @@ SIGINT reach the running command and no further one starts.
 
 Per fine-tuning run the report adds the batch, training samples/s (metrics.jsonl, after the first interval) and
 the per-device peak memory of its compiled train step (XLA's memory analysis; measured as vitclip.sweep measures
-its cells: in the transfer's own process when the runs train on its CPU devices, else in a fresh process). OUT receives results.json, results.csv (a row per model × feature), report.md
-(accuracy table, k-shot and WiSE-FT tables, fine-tuning cost, the commands) and transfer.png.
+its cells: in the transfer's own process when it has the devices to measure on, else in a fresh process). OUT
+receives results.json, results.csv (a row per model × feature), report.md (accuracy table, k-shot and WiSE-FT
+tables, fine-tuning cost, the commands) and transfer.png.
 """
 
 import csv
@@ -322,10 +323,10 @@ def measure(jobs: list[Job], workdir: str, devices: int):
 
 
 def measure_memory(argv: list[str], jobs: list[Job], workdir: str, devices: int):
-  """Measures `jobs` (their MEMORY_FILEs) on `devices` devices (0: a run's own): in this process when the runs
-  train on CPU on the devices it has (the compiled step is the one they run; no second jax and model stack to
-  start), else in a fresh process (`memory_subprocess`), as vitclip.sweep.measure_memory does."""
-  if devices == 0 and os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+  """Measures `jobs` (their MEMORY_FILEs) on `devices` devices (0: a run's own): in this process when it has them
+  (`sweep.measures_here`: no second jax and model stack to start), else in a fresh process (`memory_subprocess`),
+  as vitclip.sweep.measure_memory does."""
+  if sweep.measures_here(devices):
     measure(jobs, workdir, devices)
   else:
     memory_subprocess(argv, jobs, workdir, devices)
