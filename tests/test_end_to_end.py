@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -78,11 +79,13 @@ def test_resume_after_crash_replays_the_same_losses(uninterrupted, data_dir, tmp
   assert results == pytest.approx(ref_results, abs=1e-5)
 
 
-def test_eval_restores_the_trained_model(uninterrupted, data_dir):
+def test_eval_restores_the_trained_model(uninterrupted, data_dir, tmp_path):
   """What `eval.py --config tests/tiny.py:DATA --workdir RUN` evaluates (the run's config.json under the given
   evaluation settings; in process, where the run's encoders are already compiled): the run's own numbers, written
-  to RUN/eval_results.json. The command line itself: test_eval_cli_takes_the_run_from_its_own_config."""
+  to RUN/eval_results.json. The command line itself: test_eval_cli_takes_the_run_from_its_own_config. RUN is a
+  copy: the session's run is read by other tests meanwhile."""
   workdir, results = uninterrupted
+  workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
   given = tiny_config(data_dir)
   again = trainer.evaluate(run_lib.model_dir_config(workdir, given, evals_from=given), workdir)
   assert again == pytest.approx(results, abs=1e-5)
