@@ -75,7 +75,8 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
   """(workdir, final evaluation) of one uninterrupted tiny run: 8 steps, checkpoints at 4 and 8. Tests that
   interrupt, corrupt or resume a run compare against it; tests must not modify this workdir (copy it).
 
-  Trained once per session: the first worker to ask trains it under a file lock, the others wait and read it."""
+  Trained once per session: the first worker to ask trains it under a file lock, the others wait and read it.
+  At the end of the session a test that wrote into it is an error."""
   import fcntl
   import json
   import shutil
@@ -90,4 +91,10 @@ def tiny_run(tiny_data_dir, tmp_path_factory):
       evaluation = trainer.train(tiny_config(tiny_data_dir), str(workdir))
       (root / 'eval_results.json.tmp').write_text(json.dumps(evaluation))
       os.replace(root / 'eval_results.json.tmp', results)
-    return str(workdir), json.loads(results.read_text())
+  def files():
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob('*') if p.is_file()}
+  before = files()
+  yield str(workdir), json.loads(results.read_text())
+  after = files()
+  written = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+  assert not written, f'tests wrote into the session\'s tiny run (copy it instead): {written}'
