@@ -4,10 +4,9 @@ objective, each against a straightforward reference (numpy recomputation, an ind
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from tests.tiny import tiny_config
+from tests.tiny import first_update_gradient, tiny_config
 from vitclip import aclip, masking, run as run_lib, train_step
 from vitclip import checkpoint as checkpoint_lib
 from vitclip.config import validate
@@ -219,16 +218,6 @@ def flip_run(tmp_path_factory):
   return run, run_lib.compile_train_step(run)
 
 
-def _first_gradient(run, state, metrics):
-  """The gradient of a fresh state's first update, from Adam's first moment: mu = (1 - b1) x min(1, clip / |g|)
-  x g (the reported gradient norm is the norm before clipping)."""
-  optim = run.config.optim
-  clipped = min(1.0, optim.clip_norm / float(metrics['grad_norm'])) if optim.clip_norm > 0 else 1.0
-  (adam,) = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
-             if isinstance(s, optax.ScaleByAdamState)]
-  return jax.tree.map(lambda m: np.asarray(m) / ((1 - optim.b1) * clipped), adam.mu)
-
-
 def test_aclip_objective_matches_an_independent_recomputation(aclip_run):
   """Each term recomputed densely in float64 from the public pieces; SimCLR must pair the two *different* masked
   views. The run's image-text and SimCLR terms go through contrastive_loss with its impl (the ring on 4 devices),
@@ -333,7 +322,7 @@ def test_flip_grad_cache_equals_the_full_batch_gradient(flip_run, tmp_path):
   state, metrics = step(state, batch)  # Donates the state: the cached gradient is taken above.
   np.testing.assert_allclose(lc, metrics['loss'], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), jax.device_get(gc),
-               _first_gradient(full, state, metrics))
+               first_update_gradient(full, state.opt_state, metrics['grad_norm']))
 
 
 @pytest.mark.parametrize('overrides, field', [

@@ -8,10 +8,9 @@ clipped gradient, with the clipping factor known from the reported gradient norm
 
 import jax
 import numpy as np
-import optax
 import pytest
 
-from tests.tiny import tiny_config
+from tests.tiny import first_update_gradient, tiny_config
 from vitclip import checkpoint as checkpoint_lib
 from vitclip import run as run_lib
 from vitclip import sharding
@@ -57,19 +56,6 @@ def assert_trees_close(a, b, tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol, err_msg=jax.tree_util.keystr(path))
 
 
-def adam_state(opt_state) -> optax.ScaleByAdamState:
-  (state,) = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
-              if isinstance(s, optax.ScaleByAdamState)]
-  return state
-
-
-def gradient(run, opt_state, grad_norm):
-  """The gradient of the first update, from Adam's first moment: mu = (1 - b1) x min(1, clip / |g|) x g."""
-  optim = run.config.optim
-  clipped = min(1.0, optim.clip_norm / float(grad_norm)) if optim.clip_norm > 0 else 1.0
-  return jax.tree.map(lambda m: np.asarray(m) / ((1 - optim.b1) * clipped), adam_state(opt_state).mu)
-
-
 def one_step(run, batch):
   """(params before, metrics, state after) of the run's compiled train step from a fresh state."""
   state = run_lib.create_state(run)
@@ -105,8 +91,8 @@ def test_sharded_step_equals_one_device(stepped, case):
   run, (before, metrics, after), (ref_before, ref_metrics, ref_after) = stepped(case)
   np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-5)
   np.testing.assert_allclose(metrics['grad_norm'], ref_metrics['grad_norm'], rtol=1e-5)
-  grads = gradient(run, jax.device_get(after.opt_state), metrics['grad_norm'])
-  ref_grads = gradient(run, jax.device_get(ref_after.opt_state), ref_metrics['grad_norm'])
+  grads = first_update_gradient(run, jax.device_get(after.opt_state), metrics['grad_norm'])
+  ref_grads = first_update_gradient(run, jax.device_get(ref_after.opt_state), ref_metrics['grad_norm'])
   assert_trees_close(grads, ref_grads, 1e-5)
   assert max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grads)) > 1e-2  # Not all (near) zero.
   # The first update's lr is 0 (warmup from 0): the new params are the init's, the gradient is checked above.

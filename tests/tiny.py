@@ -1,4 +1,9 @@
-"""A seconds-sized configuration of the shapes demo shared by the end-to-end and sharding tests."""
+"""A seconds-sized configuration of the shapes demo shared by the end-to-end and sharding tests, and what the
+tests read from its runs."""
+
+import jax
+import numpy as np
+import optax
 
 from configs import shapes
 
@@ -36,3 +41,13 @@ def tiny_config(data_dir: str, **overrides):
 def get_config(arg=None):
   """As a config file: `--config tests/tiny.py:DATA_DIR`."""
   return tiny_config(arg or '')
+
+
+def first_update_gradient(run, opt_state, grad_norm):
+  """The gradient of a fresh state's first update, from Adam's first moment in the `opt_state` after it:
+  mu = (1 - b1) x min(1, clip / |g|) x g, with |g| the step's reported (unclipped) `grad_norm`."""
+  optim = run.config.optim
+  clipped = min(1.0, optim.clip_norm / float(grad_norm)) if optim.clip_norm > 0 else 1.0
+  (adam,) = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+             if isinstance(s, optax.ScaleByAdamState)]
+  return jax.tree.map(lambda m: np.asarray(m) / ((1 - optim.b1) * clipped), adam.mu)
