@@ -14,7 +14,8 @@ output / temp bytes, depend on the sharded program, not on the backend's speed.
       --impl ring --dtype bfloat16 --remat full
   # ... with XLA's account of where the peak goes (--breakdown) and any config field (--set)
   python benchmarks/memory.py --model B/16 --text_variant B --batch 32768 --devices 32 --kind sigmoid \
-      --impl ring --dtype bfloat16 --remat full --scan --set model.attention_chunk=64 --breakdown
+      --impl ring --dtype bfloat16 --remat full --scan --set model.attention_chunk=64 --set model.mlp_chunk=64 \
+      --breakdown
   python benchmarks/memory.py --model B/16 --batch 32768 --devices 1 --kind sigmoid --impl dense \
       --dtype bfloat16 --remat full --grad_cache_microbatch 512
 

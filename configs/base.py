@@ -64,6 +64,9 @@ def get_config(arg=None):
   # Queries per chunk of every encoder's attention, each chunk recomputed in the backward pass: training holds
   # one chunk's [B, heads, chunk, tokens] float32 weights at a time (0 = all queries at once). Same values.
   c.model.attention_chunk = 0
+  # Tokens per chunk of every encoder's MLP, each chunk recomputed in the backward pass: training holds one
+  # chunk's [B, chunk, mlp_dim] hidden activations at a time (0 = all tokens at once). Same values.
+  c.model.mlp_chunk = 0
   # None = by loss kind, from loss.init_by_kind: softmax t=1/0.07, no bias, t <= 100 (CLIP);
   # sigmoid t=10, b=-10, t unclamped (SigLIP).
   c.model.t_init = ml_collections.FieldReference(None, field_type=float)  # Logit scale multiplier t at init.

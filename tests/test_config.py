@@ -74,6 +74,7 @@ def _validate(tmp_path, num_devices=8, **overrides):
     ({'model.text.variant': 'XXL'}, ["config.model.text.variant='XXL'"]),
     ({'loss.impl': 'chunked'}, ["config.loss.impl='chunked'", "'ring'"]),
     ({'model.attention_chunk': -1}, ['config.model.attention_chunk=-1', 'integer >= 0']),
+    ({'model.mlp_chunk': -3}, ['config.model.mlp_chunk=-3', 'integer >= 0']),
     ({'sharding.params': 'zero3'}, ["config.sharding.params='zero3'", "'fsdp'"]),
     ({'grad_cache.microbatch': 100}, ['config.grad_cache.microbatch=100', 'must divide']),
     ({'data.name': 'no_such_dataset'}, ["config.data.name='no_such_dataset'", 'vitclip.data.folder']),

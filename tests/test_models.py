@@ -205,20 +205,24 @@ def test_remat_same_outputs_and_grads():
     jax.tree.map(close, grads_r, grads)
 
 
-def test_chunked_attention_same_outputs_and_grads():
-  """Attention queries in chunks of at most 5 (17 tokens: 4 chunks of 5, 3 padded) give the encoder's output and
-  gradients (params and input) of all queries at once: without a mask and with a causal one, under remat."""
+def test_chunked_attention_and_mlp_same_outputs_and_grads():
+  """Attention queries and MLP tokens in chunks of at most 5 (17 tokens: 4 chunks of 5, 3 padded) give the
+  encoder's output and gradients (params and input) of all tokens at once: without a mask and with a causal
+  one, under remat, plain and scanned. Chunking keeps the param tree (init with chunks = init without)."""
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 17, 32)), jnp.float32)
   causal = jnp.tril(jnp.ones((17, 17), bool))[None, None]
   params = init(Encoder(depth=1, num_heads=2, mlp_dim=64), x)
+  chunked = init(Encoder(depth=1, num_heads=2, mlp_dim=64, attention_chunk=5, mlp_chunk=5), x)
+  assert jax.tree.map(jnp.shape, chunked) == jax.tree.map(jnp.shape, params)
 
   @jax.jit
   def losses_and_grads(params, x):
-    def loss_and_grad(mask, **kw):
-      encoder = Encoder(depth=1, num_heads=2, mlp_dim=64, remat_policy='full', **kw)
-      fn = lambda p, x: jnp.sum(jnp.sin(encoder.apply({'params': p}, x, mask)))
+    def loss_and_grad(mask, scan=False, **kw):
+      encoder = Encoder(depth=1, num_heads=2, mlp_dim=64, remat_policy='full', scan=scan, **kw)
+      fn = lambda p, x: jnp.sum(jnp.sin(encoder.apply({'params': stack_blocks(p) if scan else p}, x, mask)))
       return jax.value_and_grad(fn, argnums=(0, 1))(params, x)
-    return [(loss_and_grad(m), loss_and_grad(m, attention_chunk=5)) for m in (None, causal)]
+    return [(loss_and_grad(m), loss_and_grad(m, attention_chunk=5, mlp_chunk=5)) for m in (None, causal)] + [
+        (loss_and_grad(None), loss_and_grad(None, scan=True, mlp_chunk=5))]
   for (loss, grads), (loss_c, grads_c) in losses_and_grads(params, x):
     close(loss_c, loss)
     jax.tree.map(close, grads_c, grads)

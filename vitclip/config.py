@@ -104,7 +104,8 @@ def _check_model(config, problems: list):
       bad = True
   _choice(problems, 'model.dtype', config.model.dtype, DTYPES)
   _choice(problems, 'model.remat_policy', config.model.remat_policy, tuple(layers.REMAT_POLICIES))
-  _positive(problems, 'model.attention_chunk', config.model.get('attention_chunk', 0), minimum=0)
+  for field in ('attention_chunk', 'mlp_chunk'):
+    _positive(problems, f'model.{field}', config.model.get(field, 0), minimum=0)
   if bad or problems:
     return
   try:  # Shapes only: catches any other field a module rejects, in a second and before any data is touched.

@@ -15,7 +15,7 @@ __all__ = ['TextTransformer', 'TwoTower', 'VARIANTS', 'VisionTransformer', 'buil
            'abstract_params', 'count_params', 'decode_variant', 'init_params', 'l2_normalize', 'logit_params']
 
 # config.model fields that both towers take.
-_SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan', 'attention_chunk')
+_SHARED = ('embed_dim', 'dtype', 'remat_policy', 'scan', 'attention_chunk', 'mlp_chunk')
 
 
 def build_model(config_model) -> TwoTower:

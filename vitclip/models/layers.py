@@ -86,6 +86,49 @@ class MlpBlock(nn.Module):
     return dense(width)(x)
 
 
+class _MlpChunkBody(MlpBlock):
+  """MlpBlock as an nn.scan body over token chunks: (carry, [B, chunk, W]) -> (carry, [B, chunk, W])."""
+
+  def __call__(self, carry, x):  # pytype: disable=signature-mismatch
+    return carry, super().__call__(x)
+
+
+def chunked_mlp(mlp_dim: int, act: str, dtype: Dtype, token_chunk: int, x, name: str):
+  """MlpBlock(name=name)(x) for x: [B, L, W] -> [B, L, W]; call inside a compact method.
+
+  0 < token_chunk < L: the tokens go through the MLP in equal chunks of at most that many (padded), each chunk
+  under remat inside an nn.scan whose params are the block's own (same names, no extra axis), so that the
+  backward pass holds one chunk's [B, chunk, mlp_dim] hidden activations at a time instead of all L tokens'.
+  Same values; the hidden layer is computed once more in the backward pass.
+  """
+  length = x.shape[1]
+  if not 0 < token_chunk < length:
+    return MlpBlock(mlp_dim, act, dtype, name=name)(x)
+  chunks = -(-length // token_chunk)
+  body = nn.remat(_MlpChunkBody, prevent_cse=False)  # Inside scan, CSE across iterations cannot happen.
+  scanned = nn.scan(body, variable_broadcast='params', split_rngs={'params': False}, length=chunks)
+  _, y = scanned(mlp_dim, act, dtype, name=name)(None, _split_chunks(x, 1, chunks))
+  return _merge_chunks(y, 1, length)
+
+
+def _split_chunks(x, axis: int, chunks: int, pad_value=0):
+  """x with axis of size L -> [chunks, ...x.shape with that axis of size ceil(L / chunks)...]: equal chunks,
+  the last padded with `pad_value`."""
+  length = x.shape[axis]
+  size = -(-length // chunks)
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, chunks * size - length)
+  x = jnp.pad(x, widths, constant_values=pad_value)
+  return jnp.moveaxis(x.reshape(x.shape[:axis] + (chunks, size) + x.shape[axis + 1:]), axis, 0)
+
+
+def _merge_chunks(y, axis: int, length: int):
+  """Inverse of `_split_chunks`: [chunks, ..., size, ...] -> [..., length, ...] (padding dropped)."""
+  y = jnp.moveaxis(y, 0, axis)
+  y = y.reshape(y.shape[:axis] + (-1,) + y.shape[axis + 2:])
+  return jax.lax.slice_in_dim(y, 0, length, axis=axis)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention with explicit `query`, `key`, `value`, `out` projections.
 
@@ -159,22 +202,16 @@ def dot_product_attention(q, k, v, mask, query_chunk: int = 0):
   length = q.shape[1]
   if not 0 < query_chunk < length:
     return attend(q, mask)
-  chunks = -(-length // query_chunk)
-  query_chunk = -(-length // chunks)  # Equal chunks of at most query_chunk queries: the least padding.
-  pad = chunks * query_chunk - length
-  # [chunks, B, chunk, H, D]; padded queries attend like any other and are dropped after.
-  q_chunks = jnp.moveaxis(jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(
-      q.shape[0], chunks, query_chunk, *q.shape[2:]), 1, 0)
+  chunks = -(-length // query_chunk)  # Equal chunks of at most query_chunk queries: the least padding.
+  q_chunks = _split_chunks(q, 1, chunks)  # [chunks, B, chunk, H, D]; padded queries are dropped after.
   if mask is None:
     y = jax.lax.map(jax.checkpoint(lambda qc: attend(qc, None)), q_chunks)
   else:
     mask = jnp.asarray(mask).reshape((1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
     mask = jnp.broadcast_to(mask, mask.shape[:2] + (length, k.shape[1]))
-    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
-    mask_chunks = jnp.moveaxis(mask.reshape(*mask.shape[:2], chunks, query_chunk, mask.shape[-1]), 2, 0)
+    mask_chunks = _split_chunks(mask, 2, chunks, pad_value=True)
     y = jax.lax.map(jax.checkpoint(lambda args: attend(*args)), (q_chunks, mask_chunks))
-  y = jnp.moveaxis(y, 0, 1).reshape(q.shape[0], chunks * query_chunk, *y.shape[3:])
-  return y[:, :length]
+  return _merge_chunks(y, 1, length)
 
 
 def _attention_weights(q, k, mask):
@@ -193,6 +230,7 @@ class EncoderBlock(nn.Module):
   ln_eps: float = 1e-6
   dtype: Dtype = 'float32'
   attention_chunk: int = 0  # Queries per chunk of standard attention; 0 = all at once.
+  mlp_chunk: int = 0  # Tokens per chunk of the MLP (`chunked_mlp`); 0 = all at once.
 
   @nn.compact
   def __call__(self, x, mask=None, mode='standard', score_rows=None):
@@ -210,7 +248,7 @@ class EncoderBlock(nn.Module):
     y, scores = y if score_rows is not None else (y, None)
     x = x + y if residual else y
     if mlp:
-      x = x + MlpBlock(self.mlp_dim, self.act, dtype, name='MlpBlock_0')(norm('LayerNorm_1')(x))
+      x = x + chunked_mlp(self.mlp_dim, self.act, dtype, self.mlp_chunk, norm('LayerNorm_1')(x), 'MlpBlock_0')
     return x if score_rows is None else (x, scores)
 
 
@@ -246,11 +284,12 @@ class Encoder(nn.Module):
   remat_policy: str = 'none'
   scan: bool = False
   attention_chunk: int = 0
+  mlp_chunk: int = 0
 
   @property
   def _block_kwargs(self):
     return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
-                dtype=self.dtype, attention_chunk=self.attention_chunk)
+                dtype=self.dtype, attention_chunk=self.attention_chunk, mlp_chunk=self.mlp_chunk)
 
   @nn.compact
   def __call__(self, x, mask=None, *, last_block_mode='standard', return_last_input=False, score_rows=None):

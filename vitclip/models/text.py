@@ -49,6 +49,7 @@ class TextTransformer(nn.Module):
   remat_policy: str = 'none'
   scan: bool = False
   attention_chunk: int = 0  # Queries per chunk of the encoder's attention (layers.dot_product_attention).
+  mlp_chunk: int = 0  # Tokens per chunk of the encoder's MLPs (layers.chunked_mlp).
 
   @nn.compact
   def __call__(self, tokens):
@@ -78,7 +79,7 @@ class TextTransformer(nn.Module):
       mask = None
     x = layers.Encoder(depth=v['depth'], num_heads=v['num_heads'], mlp_dim=v['mlp_dim'], act=self.act,
                        ln_eps=self.ln_eps, dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan,
-                       attention_chunk=self.attention_chunk, name='Encoder_0')(x, mask)
+                       attention_chunk=self.attention_chunk, mlp_chunk=self.mlp_chunk, name='Encoder_0')(x, mask)
 
     rows = jnp.arange(tokens.shape[0])
     if self.pool == 'eos':

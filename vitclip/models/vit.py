@@ -89,6 +89,7 @@ class VisionTransformer(nn.Module):
   remat_policy: str = 'none'
   scan: bool = False
   attention_chunk: int = 0  # Queries per chunk of the encoder's attention (layers.dot_product_attention).
+  mlp_chunk: int = 0  # Tokens per chunk of the encoder's MLPs (layers.chunked_mlp).
   # Register tokens (Darcet et al. 2024, "Vision Transformers Need Registers"): learned tokens after the CLS
   # token, without position embedding, dropped from the output. They give the encoder room for global
   # computation that would otherwise be stored in low-information patch tokens, whose dense features then no
@@ -124,7 +125,7 @@ class VisionTransformer(nn.Module):
     encoder = layers.Encoder(
         depth=v['depth'], num_heads=v['num_heads'], mlp_dim=v['mlp_dim'], act=self.act, ln_eps=self.ln_eps,
         dtype=self.dtype, remat_policy=self.remat_policy, scan=self.scan, attention_chunk=self.attention_chunk,
-        name='Transformer')
+        mlp_chunk=self.mlp_chunk, name='Transformer')
     num_prefix = int(self.cls_token) + self.num_registers  # Tokens in front of the patches.
     mask = self._attention_mask(h, w, num_prefix)
     if (keep is not None or return_scores) and dense_mode is not None:
