@@ -6,9 +6,10 @@ r"""The training loop's throughput against the train step's alone, for one confi
 config for `--steps` steps with everything a real run does (the grain input pipeline reading and augmenting
 records, host-to-device transfer, logging, one checkpoint at the end; no evaluation). The loop's samples/s is
 the total over its log intervals after the first (which holds compilation): interval samples over interval
-seconds, as `metrics.jsonl` records them. The two alternate `--rounds` times, each in a fresh process, and the
-ratio uses each one's best round, so that a slow moment of a shared machine does not decide it. Extra
-`--config.KEY=VALUE` arguments go to both.
+seconds, as `metrics.jsonl` records them. step.py times as many steps as those intervals hold (unless
+`--step_steps` says otherwise): the best of several short windows would be biased upward against one long one.
+The two alternate `--rounds` times, each in a fresh process, and the ratio uses each one's best round, so that
+a slow moment of a shared machine does not decide it. Extra `--config.KEY=VALUE` arguments go to both.
 """
 
 import argparse
@@ -51,18 +52,21 @@ def main(argv=None):
   p.add_argument('--config', required=True, help='config file (and :arg), as for train.py')
   p.add_argument('--steps', type=int, default=300, help='training-loop steps per round')
   p.add_argument('--log_every', type=int, default=50, help="the loop's log interval (its unit of timing)")
-  p.add_argument('--step_steps', type=int, default=50, help='timed steps of benchmarks/step.py per round')
+  p.add_argument('--step_steps', type=int, default=0,
+                 help="timed steps of benchmarks/step.py per round; 0: as many as the loop's timed intervals")
   p.add_argument('--rounds', type=int, default=2)
   p.add_argument('--json', default='')
   args, overrides = p.parse_known_args(argv)
+  step_steps = args.step_steps or args.steps - args.log_every
   step, loop, intervals = [], [], []
   for i in range(args.rounds):
-    step.append(step_samples_per_s(args.config, overrides, args.step_steps))
+    step.append(step_samples_per_s(args.config, overrides, step_steps))
     rate, rates = loop_samples_per_s(args.config, overrides, args.steps, args.log_every)
     loop.append(rate)
     intervals.append(rates)
     print(f'round {i + 1}: step.py {step[-1]:.1f} samples/s, training loop {loop[-1]:.1f} samples/s', flush=True)
   result = {'config': args.config, 'overrides': overrides, 'loop_steps': args.steps, 'log_every': args.log_every,
+            'step_steps': step_steps,
             'step_samples_per_s': step, 'loop_samples_per_s': loop, 'loop_interval_samples_per_s': intervals,
             'best_step': max(step), 'best_loop': max(loop), 'loop_over_step': max(loop) / max(step)}
   print(f"training loop / step.py (best rounds): {result['best_loop']:.1f} / {result['best_step']:.1f} = "

@@ -208,6 +208,20 @@ def test_when_no_checkpoint_restores_nothing_is_moved(built, nan_checkpoint, tmp
   assert checkpoint_lib.Checkpointer.steps_in(workdir) == [STEPS]
 
 
+def test_checkpoint_of_an_example_counting_pipeline_is_refused(built, reference, tmp_path):
+  """A checkpoint whose data position counts examples (step x batch, as the per-record pipeline saved it)
+  would resume at the wrong place in the data: it is refused with the reason, and nothing is moved."""
+  workdir = copy_of(reference[0], str(tmp_path / 'examples'))
+  for step in (4, STEPS):
+    with open(os.path.join(workdir, 'checkpoints', str(step), 'data', 'process_0-of-1.json'), 'w') as f:
+      json.dump({'next_index': step * built.config.batch_size}, f)
+  data = pipeline.make_train_iterator(built.config, built.tokenizer.encode, built.mesh)
+  with pytest.raises(ConfigError, match=r'step 8: ValueError: its data position \(128 batches read\) is not its '
+                     r'step.*step 4: .*\(64 batches read\).*nothing was moved'):
+    checkpoint_lib.Checkpointer(workdir).restore(built.abstract_state, data.grain_iterator)
+  assert checkpoint_lib.Checkpointer.steps_in(workdir) == [4, STEPS]
+
+
 def test_disk_full_during_a_save_is_one_clear_error(data_dir, tmp_path, monkeypatch):
   def full(self, step, *args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -85,6 +85,11 @@ class Checkpointer:
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    if data_iterator is not None:
+      position = data_iterator.get_state().get('next_index')  # Batches handed out (in-process iterators).
+      if position is not None and position != step:
+        raise ValueError(f'its data position ({position} batches read) is not its step; it was written by an '
+                         'input pipeline that counted examples, not batches (vitclip before batched reading)')
     return jax.tree.map(_as_target_key, restored, abstract_state)
 
   def _move_aside(self, step: int):

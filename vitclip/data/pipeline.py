@@ -1,4 +1,5 @@
-"""Input pipeline: TFDS data source -> grain (shuffle, shard, decode, augment, tokenize) -> global jax.Array.
+"""Input pipeline: TFDS data source -> grain (shuffle, shard; read, decode, augment and tokenize a batch at a
+time) -> global jax.Array.
 
 Each process reads its own interleaved slice of one globally shuffled order, so the global batch at step s is
 the same whatever the number of processes. The grain iterator state is saved with every checkpoint, which
@@ -74,10 +75,13 @@ class ImageSpec:
     (normalised in the step, `to_model`)."""
     h, w = image.shape[:2]
     lo, hi = self.crop_scale
-    side = np.sqrt(rng.uniform(lo, hi))
-    ch, cw = max(1, round(h * side)), max(1, round(w * side))
-    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    out = self.resize(image, box=(left, top, left + cw, top + ch))
+    if (lo, hi) == (1.0, 1.0):  # The whole image: no crop to draw.
+      out = self.resize(image)
+    else:
+      side = np.sqrt(rng.uniform(lo, hi))
+      ch, cw = max(1, round(h * side)), max(1, round(w * side))
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      out = self.resize(image, box=(left, top, left + cw, top + ch))
     if self.flip and rng.random() < 0.5:
       out = out[:, ::-1]
     return np.ascontiguousarray(out)
@@ -101,30 +105,75 @@ class SkipCounter:
       self.last_error = str(error)
 
 
+# Replacements tried for an unreadable training record before the run stops: records that far in a row are
+# unreadable only when the data set is broken, not when a few files are.
+MAX_REPLACEMENTS = 100
+
+
+def _with_rng_state(record_index: int, rng: np.random.Generator) -> tuple[int, dict]:
+  """grain random_map: an index of the shuffled stream -> (record index, that position's generator state).
+
+  grain keys each position's generator by (seed, global position); the state travels with the index to the
+  batch reader, which draws from it exactly as a per-record random_map would.
+  """
+  return record_index, rng.bit_generator.state
+
+
 @dataclasses.dataclass
-class TrainExample(grain.transforms.RandomMap):
-  """record -> {'image': uint8 [S, S, 3], 'tokens': int32 [L]}, or None (skipped) for a bad record; with
-  `label_feature` set, {'image': ..., 'label': int32 scalar} (classifier fine-tuning) instead of tokens.
+class TrainBatch(grain.transforms.Map):
+  """A local batch of (record index, generator state) -> {'image': uint8 [N, S, S, 3], 'tokens': int32 [N, L]};
+  with `label_feature` set, {'image': ..., 'label': int32 [N]} (classifier fine-tuning) instead of tokens.
+
+  The records are read in one batched call and the captions tokenized in one call: per-record overheads, not
+  the work itself, were most of the input pipeline's time on small images. Each example draws its caption,
+  then its crop and flip, from its own generator. An unreadable record is counted in `skipped` and replaced
+  by the next readable record of the source (index + 1, + 2, ...), drawn with the same generator, so the
+  batch keeps its size and every process count and resume reads the same batch.
 
   captions: record -> its captions (`sources.caption_reader`); one is drawn per example.
   """
+  source: sources.RecordSource
   spec: ImageSpec
   tokenize: Callable[[list[str]], np.ndarray]
   skipped: SkipCounter
   captions: Callable[[dict], list[str]] = sources.decode_captions
   label_feature: str = ''
+  # The features that the image, `captions` and the label read, or None (all); decoding skips the others.
+  features: tuple[str, ...] | None = None
 
-  def random_map(self, record, rng: np.random.Generator):
-    try:
-      image = sources.decode_image(record)
-      target = self._label(record) if self.label_feature else self.captions(record)
-    except sources.BadRecordError as e:
-      self.skipped.add(e)
-      return None
+  def map(self, items: list[tuple[int, dict]]) -> dict[str, np.ndarray]:
+    records = self.source.read_many([int(index) for index, _ in items], self.features)
+    rng = np.random.Generator(np.random.Philox())
+    images, targets = [], []
+    for (index, state), record in zip(items, records):
+      rng.bit_generator.state = state
+      image, target = self._example(int(index), record, rng)
+      images.append(image)
+      targets.append(target)
+    batch = {'image': np.stack(images)}
     if self.label_feature:
-      return {'image': self.spec.train_view(image, rng), 'label': target}
-    caption = target[rng.integers(len(target))]
-    return {'image': self.spec.train_view(image, rng), 'tokens': self.tokenize([caption])[0]}
+      batch['label'] = np.asarray(targets, np.int32)
+    else:
+      batch['tokens'] = self.tokenize(targets)
+    return batch
+
+  def _example(self, index: int, record: dict, rng: np.random.Generator):
+    """(uint8 [S, S, 3] view, caption or label) of `record`, or of its replacement if it is unreadable. Nothing
+    is drawn from `rng` before a record has decoded, so a replacement draws what the position would have."""
+    for step in range(MAX_REPLACEMENTS + 1):
+      if step:
+        record = self.source[(index + step) % len(self.source)]
+      try:
+        image = sources.decode_image(record)
+        target = self._label(record) if self.label_feature else self.captions(record)
+      except sources.BadRecordError as e:
+        self.skipped.add(e)
+        continue
+      if not self.label_feature:
+        target = target[rng.integers(len(target))]
+      return self.spec.train_view(image, rng), target
+    raise ValueError(f'records {index} to {index + MAX_REPLACEMENTS} of the training split (modulo its '
+                     f'{len(self.source)} records) are all unreadable; the last error: {self.skipped.last_error}')
 
   def _label(self, record) -> np.int32:
     try:
@@ -155,24 +204,35 @@ class TrainIterator:
 
 def make_train_iterator(config, tokenize: Callable[[list[str]], np.ndarray], mesh) -> TrainIterator:
   """Builds the training stream over `config.data.train_split` for this process."""
+  batches, skipped = train_batches(config, tokenize)
+  read = grain.ReadOptions(num_threads=max(1, config.data.num_workers), prefetch_buffer_size=config.data.prefetch)
+  it = batches.to_iter_dataset(read)
+  if config.data.num_workers > 1:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+  return TrainIterator(iter(it), mesh, skipped)
+
+
+def train_batches(config, tokenize: Callable[[list[str]], np.ndarray]) -> tuple[grain.MapDataset, SkipCounter]:
+  """This process's training batches as a random-access grain.MapDataset (batch i = the i-th step's local
+  batch, `TrainBatch`), and the counter of records it skipped."""
   source, info = generated.load_source(config.data.name, config.data.train_split, config.data,
                                        sources.data_dir(config))
   if config.batch_size % jax.process_count():
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
                      f'{jax.process_count()} processes.')
   skipped = SkipCounter()
-  ds = grain.MapDataset.source(source).seed(config.data.shuffle_buffer_seed).shuffle().repeat()
-  # Augmentation randomness is keyed by the global position, so it is the same for any process count.
+  # The global stream: one shuffled order of record indices, repeated; position p's augmentation generator is
+  # keyed by p, so the stream is the same for any process count. Each process takes every process_count-th
+  # position and reads them a local batch at a time.
+  order = grain.MapDataset.range(len(source)).seed(config.data.shuffle_buffer_seed).shuffle().repeat()
+  order = order.random_map(_with_rng_state)[jax.process_index()::jax.process_count()]
   labels = config.data.label_feature if config.classifier.enabled else ''
   captions = sources.decode_captions if labels else sources.caption_reader(config.data, info)
-  ds = ds.random_map(TrainExample(ImageSpec.from_config(config, train=True), tokenize, skipped, captions, labels))
-  ds = ds[jax.process_index()::jax.process_count()]
-  read = grain.ReadOptions(num_threads=max(1, config.data.num_workers), prefetch_buffer_size=config.data.prefetch
-                           * config.batch_size // jax.process_count())
-  it = ds.to_iter_dataset(read).batch(config.batch_size // jax.process_count(), drop_remainder=True)
-  if config.data.num_workers > 1:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-  return TrainIterator(iter(it), mesh, skipped)
+  features = ('image', 'captions', 'caption', config.data.label_feature)  # label_feature: labels or templates.
+  read_batch = TrainBatch(source, ImageSpec.from_config(config, train=True), tokenize, skipped, captions, labels,
+                          features)
+  batches = order.batch(config.batch_size // jax.process_count(), drop_remainder=True, batch_fn=list)
+  return batches.map(read_batch), skipped
 
 
 def eval_batches(source, convert: Callable[[dict], dict], batch_size: int,

@@ -130,9 +130,21 @@ class RecordSource:
     return len(self._source)
 
   def __getitem__(self, index) -> dict:
-    record = self._source[index]
+    return self._finish(self._source[index])
+
+  def read_many(self, indices: list[int], features: tuple[str, ...] | None = None) -> list[dict]:
+    """[source[i] for i in indices], read in one batched array_record call (a training batch's records).
+
+    features: decode only these of each record's features (those present; 'image' is the image feature
+    under any name); None = all. Skipping unused features (masks, boxes) saves most of the decoding.
+    """
+    if features is not None:
+      features = {self._image_key if name == 'image' else name for name in features}
+    return [self._finish(record, features) for record in self._source.__getitems__(indices)]
+
+  def _finish(self, record, features=None) -> dict:
     if self._fast is not None:
-      record = self._fast(record)
+      record = self._fast(record, features)
     if self._image_key != 'image':
       record = dict(record)
       record['image'] = record.pop(self._image_key)
@@ -174,10 +186,13 @@ class _FastDecoder:
         return None
     return cls(fields)
 
-  def __call__(self, serialized: bytes) -> dict:
+  def __call__(self, serialized: bytes, features: set[str] | None = None) -> dict:
+    """features: decode only these (those the record has); None = all."""
     feature = tf_example_pb2.Example.FromString(serialized).features.feature
     out = {}
     for name, (kind, dtype, shape) in self._fields.items():
+      if features is not None and name not in features:
+        continue
       value = feature[name]
       if kind == 'int':
         out[name] = int(value.int64_list.value[0])
