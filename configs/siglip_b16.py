@@ -2,7 +2,8 @@ r"""SigLIP ViT-B/16 (Zhai et al. 2023) on a real image-text data set, with the k
 
   python train.py --config configs/siglip_b16.py:data=my_photos --workdir /runs/siglip_b16
   python train.py --config configs/siglip_b16.py:data=laion_subset,batch=32768,steps=20000 --workdir /runs/sig32k
-  # 32,768 on 32 devices of 32 GiB without gradient caching: 26.99 GiB per device (README, "Memory at 32k")
+  # 32,768 on 32 devices of 32 GiB without gradient caching: scan over layers, attention and MLP in chunks
+  # (README, "Memory at 32k": the per-device peak of a B/16 + B step with and without them)
   python train.py --config configs/siglip_b16.py:data=laion_subset --workdir /runs/sig32k_chunked \
       --config.model.scan=True --config.model.attention_chunk=64 --config.model.mlp_chunk=64
 
