@@ -128,3 +128,23 @@ def test_unreadable_record_is_counted_and_replaced_by_the_next(tiny_data_dir):
   everything = _Unreadable(source, bad=range(len(source)))
   with pytest.raises(ValueError, match=f'records 5 to {5 + pipeline.MAX_REPLACEMENTS} .* all unreadable'):
     read(everything, pipeline.SkipCounter())
+
+
+def test_batch_reader_pickles_for_worker_processes(tiny_data_dir):
+  """grain worker processes (config.data.num_workers > 1) get the batch reader pickled; the copy reads the
+  same batch, and its skip counter starts from the original's count."""
+  import pickle
+  config = config_for(tiny_data_dir)
+  source, info = generated.load_source(config.data.name, config.data.train_split, config.data,
+                                       sources.data_dir(config))
+  spec = pipeline.ImageSpec.from_config(config, train=True)
+  reader = pipeline.TrainBatch(source, spec, tokenize, pipeline.SkipCounter(), sources.caption_reader(config.data,
+                                                                                                     info))
+  reader.skipped.add(ValueError('one'))
+  copy = pickle.loads(pickle.dumps(reader))
+  items = [(3, np.random.Generator(np.random.Philox(key=3)).bit_generator.state)]
+  for key, value in reader.map(items).items():
+    np.testing.assert_array_equal(copy.map(items)[key], value)
+  assert (copy.skipped.count, copy.skipped.last_error) == (1, 'one')
+  copy.skipped.add(ValueError('two'))  # Its lock works.
+  assert copy.skipped.count == 2 and reader.skipped.count == 1

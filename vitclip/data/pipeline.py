@@ -92,7 +92,11 @@ class ImageSpec:
 
 
 class SkipCounter:
-  """Thread-safe count of records skipped because they could not be decoded."""
+  """Thread-safe count of records skipped because they could not be decoded.
+
+  Picklable, so that grain worker processes (`config.data.num_workers > 1`) can take the batch reader that
+  holds it; each worker then counts in its own copy, which the training process does not see.
+  """
 
   def __init__(self):
     self._lock = threading.Lock()
@@ -103,6 +107,13 @@ class SkipCounter:
     with self._lock:
       self.count += 1
       self.last_error = str(error)
+
+  def __getstate__(self):
+    return {'count': self.count, 'last_error': self.last_error}
+
+  def __setstate__(self, state):
+    self.__init__()
+    self.__dict__.update(state)
 
 
 # Replacements tried for an unreadable training record before the run stops: records that far in a row are
