@@ -12,11 +12,9 @@ from scipy.special import erf
 from configs import base
 from tests.tiny import override
 from vitclip.models import TextTransformer, VisionTransformer, build_model, count_params
-import flax.linen as nn
-
-from vitclip.models.layers import Encoder, EncoderBlock, MultiHeadAttention
+from vitclip.models.layers import Encoder, EncoderBlock
 from vitclip.models.variants import decode_variant
-from vitclip.models.vit import PatchEmbedding, resize_posemb
+from vitclip.models.vit import resize_posemb
 
 IMG = 16  # Micro images: 16x16 pixels, patch 4 -> a 4x4 grid.
 LEN = 8
@@ -228,46 +226,6 @@ def test_chunked_attention_and_mlp_same_outputs_and_grads():
   for (loss, grads), (loss_c, grads_c) in losses_and_grads(params, x):
     close(loss_c, loss)
     jax.tree.map(close, grads_c, grads)
-
-
-def test_attention_is_flax_multi_head_attention():
-  """MultiHeadAttention projects q, k, v in one matmul but keeps flax's MultiHeadDotProductAttention: the same
-  param tree, the same initial values from the same key (checkpoints and converters rely on both), and the same
-  outputs and input gradients, for self-attention under a causal mask and for cross-attention."""
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 24)), jnp.float32)
-  probe = jnp.asarray(np.random.default_rng(1).normal(size=(2, 1, 24)), jnp.float32)
-  causal = jnp.tril(jnp.ones((7, 7), bool))[None, None]
-  ours = MultiHeadAttention(num_heads=3)
-  flax_mha = nn.MultiHeadDotProductAttention(num_heads=3, kernel_init=nn.initializers.xavier_uniform(),
-                                             deterministic=True)
-  for q, kv, mask in ((x, None, causal), (probe, x, None)):
-    params = ours.init(jax.random.key(3), q, kv, mask)['params']
-    reference = flax_mha.init(jax.random.key(3), q, kv, mask=mask)['params']
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, reference)
-    fn = lambda q, m: jnp.sum(jnp.sin(m(q)))
-    value, grad = jax.value_and_grad(fn)(q, lambda q: ours.apply({'params': params}, q, kv, mask))
-    value_ref, grad_ref = jax.value_and_grad(fn)(q, lambda q: flax_mha.apply({'params': params}, q, kv, mask=mask))
-    close(value, value_ref)
-    close(grad, grad_ref)
-
-
-@pytest.mark.parametrize('size, patch, bias', [(16, 4, True), (19, 8, False), (12, 1, True)])
-def test_patch_embedding_is_a_strided_convolution(size, patch, bias):
-  """PatchEmbedding (reshape + matmul) = flax's nn.Conv with kernel = stride = patch and VALID padding: same
-  params and initial values, same outputs and gradients, rows / columns past a multiple of the patch dropped."""
-  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size + 3, 3)), jnp.float32)
-  ours = PatchEmbedding(width=10, patch=patch, use_bias=bias)
-  conv = nn.Conv(10, (patch, patch), strides=(patch, patch), padding='VALID', use_bias=bias)
-  params = ours.init(jax.random.key(4), images)['params']
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params,
-               conv.init(jax.random.key(4), images)['params'])
-  params = jax.tree.map(lambda p: p + 0.1, params)  # A nonzero bias too.
-  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply({'params': p}, x)))
-  (value, grads), (value_ref, grads_ref) = (jax.value_and_grad(loss(m), argnums=(0, 1))(params, images)
-                                            for m in (ours, conv))
-  assert ours.apply({'params': params}, images).shape == (2, size // patch, (size + 3) // patch, 10)
-  close(value, value_ref, tol=1e-4)
-  jax.tree.map(lambda a, b: close(a, b, tol=1e-4), grads, grads_ref)
 
 
 def test_bfloat16_compute_float32_params():

@@ -161,29 +161,23 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f'Width {width} is not divisible by num_heads={self.num_heads}.')
     head_dim = width // self.num_heads
     dtype = canonical_dtype(self.dtype)
-    if attention not in ATTENTION_PROJECTIONS:
-      raise ValueError(f'Unknown attention {attention!r}; use one of {sorted(ATTENTION_PROJECTIONS)}.')
+    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=dtype, param_dtype=jnp.float32,
+                                        kernel_init=nn.initializers.xavier_uniform(), name=name)
+    v = proj('value')(inputs_kv)  # [B, Lk, H, D]
     if score_rows is not None and attention != 'qk':
       raise ValueError(f'Attention scores need attention="qk", got {attention!r}.')
-    needed = ATTENTION_PROJECTIONS[attention]
-    project = lambda x, names: _project_heads(x, names, self.num_heads, dtype)
-    if inputs_kv is inputs_q:  # Self-attention: every projection in one matmul.
-      projected = dict(zip(needed, project(inputs_q, needed)))
-    else:
-      from_q, from_kv = [n for n in needed if n == 'query'], [n for n in needed if n != 'query']
-      projected = dict(zip(from_kv, project(inputs_kv, from_kv)))
-      if from_q:
-        projected['query'], = project(inputs_q, from_q)
-    q, k, v = projected.get('query'), projected.get('key'), projected['value']  # [B, L, H, D] each.
     scores = None
     if attention == 'identity':
       y = v
     elif attention == 'qk' and score_rows is None:
-      y = dot_product_attention(q, k, v, mask, self.query_chunk)
+      y = dot_product_attention(proj('query')(inputs_q), proj('key')(inputs_kv), v, mask, self.query_chunk)
     else:
+      q, k = proj('query')(inputs_q), proj('key')(inputs_kv)
       attend = lambda a, b: _attention_weights(a, b, mask)
       weights = {'qk': lambda: attend(q, k), 'qq': lambda: attend(q, q),
                  'qq+kk': lambda: attend(q, q) + attend(k, k)}
+      if attention not in weights:
+        raise ValueError(f'Unknown attention {attention!r}; use "qk", "identity", "qq" or "qq+kk".')
       w = weights[attention]()
       if score_rows is not None:
         scores = jnp.mean(w[:, :, score_rows[0]:score_rows[1]], axis=(1, 2))
@@ -191,47 +185,6 @@ class MultiHeadAttention(nn.Module):
     y = nn.DenseGeneral(width, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
                         kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
     return y if score_rows is None else (y, scores)
-
-
-# The input projections each attention map reads ('identity': every token takes its own value).
-ATTENTION_PROJECTIONS = {
-    'qk': ('query', 'key', 'value'),
-    'identity': ('value',),
-    'qq': ('query', 'value'),
-    'qq+kk': ('query', 'key', 'value'),
-}
-
-
-class _HeadProjection(nn.Module):
-  """The params of one attention input projection, named and initialised as nn.DenseGeneral((H, D)) with
-  xavier_uniform does it (kernel [W, H, D] initialised as the flat [W, H·D] matrix, zero bias [H, D]), so that
-  checkpoints and converted weights keep their layout. Returns them; `_project_heads` applies them."""
-  num_heads: int
-  head_dim: int
-
-  @nn.compact
-  def __call__(self, width: int):
-    shape = (width, self.num_heads, self.head_dim)
-    flat_init = nn.initializers.xavier_uniform()
-    kernel = self.param('kernel', lambda key, shape, dtype: flat_init(key, (width, shape[1] * shape[2]),
-                                                                      dtype).reshape(shape), shape, jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, shape[1:], jnp.float32)
-    return kernel, bias
-
-
-def _project_heads(x, names, num_heads: int, dtype):
-  """x: [B, L, W] -> a tuple of [B, L, H, D], one per name in `names` (submodules of the calling compact
-  method), computed as ONE matmul against the projections' kernels side by side. Same values as one
-  DenseGeneral per name; on CPU one [W, n·W] product, and one bias reduction in the backward pass, are faster
-  than n of each (benchmarks/peer_torch.py)."""
-  width = x.shape[-1]
-  head_dim = width // num_heads
-  params = [_HeadProjection(num_heads, head_dim, name=name)(width) for name in names]
-  kernel = jnp.concatenate([k.reshape(width, -1) for k, _ in params], axis=1).astype(dtype)  # [W, n·H·D]
-  bias = jnp.concatenate([b.reshape(-1) for _, b in params]).astype(dtype)
-  y = (jnp.dot(x.astype(dtype), kernel) + bias).reshape(*x.shape[:-1], len(names), num_heads, head_dim)
-  # split, not indexing: its gradient is one concatenate, where n slices' gradients would be n padded copies.
-  return tuple(part[..., 0, :, :] for part in jnp.split(y, len(names), axis=-3))
 
 
 def dot_product_attention(q, k, v, mask, query_chunk: int = 0):

@@ -248,7 +248,8 @@ class VisionTransformer(nn.Module):
     k = p  # Kernel and stride of the token embedding.
     if self.stem == 'conv':
       x, k = self._conv_stem(x, p, width, dtype), 1
-    x = PatchEmbedding(width, k, self.patch_bias, dtype, name='embedding')(x)
+    x = nn.Conv(width, (k, k), strides=(k, k), padding='VALID', use_bias=self.patch_bias, dtype=dtype,
+                param_dtype=jnp.float32, name='embedding')(x)
     b, h, w, _ = x.shape
     x = x.reshape(b, h * w, width)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, width), jnp.float32) if self.cls_token else None
@@ -289,28 +290,3 @@ class VisionTransformer(nn.Module):
 
   def _project(self, x):
     return layers.projection_head(x, self.head, self.embed_dim, self.head_bias, self.dtype)
-
-
-class PatchEmbedding(nn.Module):
-  """The patchify layer: a k x k convolution with stride k and VALID padding, [B, H, W, C] ->
-  [B, H // k, W // k, width] (rows / columns beyond a multiple of k dropped), written as a reshape and one
-  [B·h·w, k·k·C] x [k·k·C, width] matmul. Same params (kernel [k, k, C, width], bias [width]) and init as
-  nn.Conv, so checkpoints and converted weights load unchanged; on CPU the matmul is faster than XLA's
-  convolution and needs no channel-major copy of the image batch."""
-  width: int
-  patch: int
-  use_bias: bool = True
-  dtype: layers.Dtype = 'float32'
-
-  @nn.compact
-  def __call__(self, images):
-    k = self.patch
-    b, rows, cols, channels = images.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, channels, self.width), jnp.float32)
-    h, w = rows // k, cols // k
-    patches = images[:, :h * k, :w * k].reshape(b, h, k, w, k, channels).transpose(0, 1, 3, 2, 4, 5)
-    dtype = layers.canonical_dtype(self.dtype)
-    x = jnp.dot(patches.reshape(b, h, w, k * k * channels).astype(dtype), kernel.reshape(-1, self.width).astype(dtype))
-    if self.use_bias:
-      x = x + self.param('bias', nn.initializers.zeros, (self.width,), jnp.float32).astype(dtype)
-    return x
