@@ -6,10 +6,11 @@ r"""XLA:CPU compile options against the default, for the train step of one confi
 Each `--option NAME=VALUE` is one variant: the step compiled with that XLA option (`compiler_options`, the
 names of XLA's DebugOptions; true/false and integers are parsed) and nothing else changed; `--option
 'A=1;B=2'` is one variant with both (e.g. `xla_cpu_experimental_ynn_fusion_type=` turns the YNNPACK fusions
-off, which XNNPACK and oneDNN fusions need to take effect). `--peer` applies the
-architecture of `benchmarks/peer_torch.py` at batch 256. Every variant is compiled and warmed up first; then the
-rounds time each one for `--steps` steps, in an order reversed every round, so that a variant is compared with
-the default a few seconds apart. The report per variant: the median over rounds of its samples/s over the
+off, which XNNPACK and oneDNN fusions need to take effect). Options are checked on a trivial program before
+anything else: XLA's message and exit 2 for a name or value it refuses. `--peer` applies the architecture of
+`benchmarks/peer_torch.py` at batch 256. Every variant is compiled from the same lowering and warmed up from the
+same initial state; then the rounds time each one for `--steps` steps, in an order reversed every round, so
+that a variant is compared with the default a few seconds apart. The report per variant: the median over rounds of its samples/s over the
 default's in the same round, and its final loss (an option that changes the numbers shows here). On a shared
 2-core machine a single window varies by about ±10%, so only medians over several rounds mean anything.
 """
@@ -50,13 +51,24 @@ def parse_option(text: str) -> tuple[str, bool | int | str]:
   """'name=value' -> (name, value) with 'true'/'false' as bools and integers as ints."""
   name, sep, value = text.partition('=')
   if not sep or not name:
-    raise app.UsageError(f'--option {text!r}: write NAME=VALUE, e.g. xla_cpu_use_onednn=true.')
+    raise app.UsageError(f'--option {text!r}: write NAME=VALUE, e.g. xla_cpu_use_onednn=true.', exitcode=2)
   if value.lower() in ('true', 'false'):
     return name, value.lower() == 'true'
   try:
     return name, int(value)
   except ValueError:
     return name, value
+
+
+def check_options(variants: dict) -> None:
+  """Every variant's options compile a trivial program, before the step is built: a misspelt name or a wrong
+  value stops the run at once (exit 2) instead of after the first variants' compilation."""
+  trivial = jax.jit(lambda x: x + 1).lower(np.float32(0))
+  for name, options in variants.items():
+    try:
+      trivial.compile(compiler_options=options)
+    except Exception as e:  # pylint: disable=broad-except  # XLA raises its own runtime error types.
+      raise app.UsageError(f'--option {name}: XLA refused it: {str(e).splitlines()[0]}', exitcode=2) from None
 
 
 def apply_peer_architecture(config):
@@ -74,6 +86,7 @@ def main(argv):
   if _PEER.value:
     apply_peer_architecture(config)
   variants = {DEFAULT: None, **{text: dict(map(parse_option, text.split(';'))) for text in _OPTIONS.value}}
+  check_options(variants)
   run = step_bench.build_benchmark_run(config)
   step = run_lib.compile_train_step(run)
   batch = step_bench.random_batch(run.config, run.mesh)
@@ -81,10 +94,7 @@ def main(argv):
   compiled, states = {}, {}
   for name, options in variants.items():
     t0 = time.perf_counter()
-    try:
-      compiled[name] = lowered.compile(compiler_options=options)
-    except Exception as e:  # pylint: disable=broad-except
-      raise app.UsageError(f'--option {name}: XLA refused it: {e}') from None
+    compiled[name] = lowered.compile(compiler_options=options)
     state = run_lib.create_state(run)  # The step donates its state: one per variant.
     for _ in range(_WARMUP.value):
       state, _ = compiled[name](state, batch)

@@ -102,3 +102,27 @@ def test_step_benchmark_model_flops_ignore_remat(tmp_path):
   assert model_flops > 0
   assert full['model_tflops_per_device_per_step'] * 1e12 == pytest.approx(model_flops / jax.device_count())
   assert xla['full'] > xla['none']  # The recomputed forward pass is in the program XLA counts.
+
+
+def test_cpu_options_benchmark_compares_variants_of_one_step(tmp_path):
+  """benchmarks/cpu_options.py: a variant whose option is XLA's default compiles the same program from the same
+  state, so after the same steps its loss equals the default's exactly; a refused option stops it before the
+  step is built (exit 2, XLA's message)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, 'benchmarks/cpu_options.py', '--config', 'tests/tiny.py',
+         '--config.model.image.variant=mu/8', '--config.model.text.variant=mu']
+  out = tmp_path / 'options.json'
+  subprocess.run([*cmd, '--option', 'xla_cpu_enable_fast_math=false', '--rounds', '2', '--steps', '1',
+                  '--warmup', '1', '--json', str(out)], cwd=root, check=True, capture_output=True)
+  variants = json.loads(out.read_text())['variants']
+  assert list(variants) == ['default', 'xla_cpu_enable_fast_math=false']
+  assert variants['xla_cpu_enable_fast_math=false']['options'] == {'xla_cpu_enable_fast_math': False}
+  assert variants['default']['final_loss'] == variants['xla_cpu_enable_fast_math=false']['final_loss']
+  assert all(len(v['samples_per_s']) == 2 and min(v['samples_per_s']) > 0 for v in variants.values())
+  assert variants['default']['median_ratio_to_default'] == 1.0
+
+  refused = subprocess.run([*cmd, '--option', 'xla_cpu_no_such_option=1'], cwd=root, capture_output=True,
+                           text=True)
+  assert refused.returncode == 2
+  assert "--option xla_cpu_no_such_option=1: XLA refused it" in refused.stderr
+  assert 'Traceback' not in refused.stderr
