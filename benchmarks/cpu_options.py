@@ -1,7 +1,7 @@
 r"""XLA:CPU compile options against the default, for the train step of one config, side by side in one process.
 
   python benchmarks/cpu_options.py --config configs/shapes.py [--config.key=value ...] [--peer] \
-      --option xla_cpu_use_onednn=true --option xla_cpu_multi_thread_eigen=false [--rounds 6] [--steps 5] [--json OUT]
+      --option xla_cpu_enable_fast_math=true --option 'A=1;B=2' [--rounds 6] [--steps 5] [--json OUT]
 
 Each `--option NAME=VALUE` is one variant: the step compiled with that XLA option (`compiler_options`, the
 names of XLA's DebugOptions; true/false and integers are parsed) and nothing else changed; `--option
@@ -10,9 +10,10 @@ off, which XNNPACK and oneDNN fusions need to take effect). Options are checked 
 anything else: XLA's message and exit 2 for a name or value it refuses. `--peer` applies the architecture of
 `benchmarks/peer_torch.py` at batch 256. Every variant is compiled from the same lowering and warmed up from the
 same initial state; then the rounds time each one for `--steps` steps, in an order reversed every round, so
-that a variant is compared with the default a few seconds apart. The report per variant: the median over rounds of its samples/s over the
-default's in the same round, and its final loss (an option that changes the numbers shows here). On a shared
-2-core machine a single window varies by about ±10%, so only medians over several rounds mean anything.
+that a variant is compared with the default a few seconds apart. The report per variant: the median over rounds
+of its samples/s over the default's in the same round, and its final loss (an option that changes the numbers
+shows here). On a shared 2-core machine a single window varies by about ±10%, so only medians over several
+rounds mean anything.
 """
 
 import json
@@ -35,10 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peer_torch  # noqa: E402
 import step as step_bench  # noqa: E402
 
-from vitclip import run as run_lib  # noqa: E402
+from vitclip import run as run_lib, sweep  # noqa: E402
 
 # --config, --steps (per variant per round), --warmup and --json are step.py's flags.
-_CONFIG, _STEPS, _WARMUP, _JSON = step_bench._CONFIG, step_bench._STEPS, step_bench._WARMUP, step_bench._JSON  # pylint: disable=protected-access
+# pylint: disable=protected-access
+_CONFIG, _STEPS, _WARMUP, _JSON = step_bench._CONFIG, step_bench._STEPS, step_bench._WARMUP, step_bench._JSON
+# pylint: enable=protected-access
 _OPTIONS = flags.DEFINE_multi_string('option', [], "NAME=VALUE or 'A=1;B=2': one variant compiled with these "
                                      'XLA options.')
 _PEER = flags.DEFINE_bool('peer', False, "The architecture of benchmarks/peer_torch.py at batch 256.")
@@ -71,20 +74,11 @@ def check_options(variants: dict) -> None:
       raise app.UsageError(f'--option {name}: XLA refused it: {str(e).splitlines()[0]}', exitcode=2) from None
 
 
-def apply_peer_architecture(config):
-  for key, value in {**peer_torch.VITCLIP_OVERRIDES, 'batch_size': 256}.items():
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
   if _PEER.value:
-    apply_peer_architecture(config)
+    sweep.override(config, {**peer_torch.VITCLIP_OVERRIDES, 'batch_size': 256}, '--peer')
   variants = {DEFAULT: None, **{text: dict(map(parse_option, text.split(';'))) for text in _OPTIONS.value}}
   check_options(variants)
   run = step_bench.build_benchmark_run(config)
